@@ -1,0 +1,5 @@
+import sys
+
+from oasisvq.cli import main
+
+sys.exit(main())

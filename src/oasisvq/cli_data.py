@@ -1,0 +1,201 @@
+"""The ``download`` and ``prepare`` subcommands (registered by ``oasisvq.cli``).
+
+    oasisvq download oasis1 --to DIR [--discs 1-12] [--with-metadata]
+    oasisvq download oasis2 --to DIR
+    oasisvq prepare oasis1 --from DIR --to OUT [--size 256] [--fractions 0.8,0.1,0.1]
+
+Each handler returns an exit code like ``oasisvq.cli.main``: 0 on success, 2 on a
+data/download error (printed as one line naming the URL or file and the reason),
+130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from oasisvq.data.errors import ConfigError, DataError
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"oasisvq {command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    """argparse type for ``--fractions 0.8,0.1,0.1``."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers such as 0.8,0.1,0.1")
+    return values  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- download
+
+
+def add_download_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``oasisvq download``."""
+    from oasisvq.data.download import NRG_BASE_URL, OASIS_FILES_URL
+
+    p = subparsers.add_parser(
+        "download",
+        help="download the OASIS-1/OASIS-2 archives from their official source",
+        description=(
+            "Download the OASIS archives (resuming interrupted transfers, verifying checksums) "
+            "and extract the images 'oasisvq prepare' needs. By downloading you accept the "
+            "OASIS data use agreement (https://www.oasis-brains.org)."
+        ),
+    )
+    p.add_argument(
+        "dataset",
+        choices=("oasis1", "oasis2"),
+        help="OASIS-1 cross-sectional or OASIS-2 longitudinal",
+    )
+    p.add_argument(
+        "--to", type=Path, required=True, metavar="DIR", help="folder for the archives and files"
+    )
+    p.add_argument(
+        "--discs",
+        default=None,
+        metavar="LIST",
+        help="discs (OASIS-1: 1-12) or parts (OASIS-2: 1-2) to fetch, e.g. '1-3,5' (default: all)",
+    )
+    p.add_argument(
+        "--with-metadata",
+        action="store_true",
+        help="also fetch the clinical table (age, sex, MMSE, CDR per session)",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help=f"archive server or mirror (default {NRG_BASE_URL})",
+    )
+    p.add_argument(
+        "--meta-url",
+        default=None,
+        metavar="URL",
+        help=f"clinical table location (default {OASIS_FILES_URL})",
+    )
+    p.add_argument("--no-extract", action="store_true", help="only download the archives")
+    p.add_argument(
+        "--all-files",
+        action="store_true",
+        help="extract every file (raw scans, previews...) instead of only the T88 images and FSL segmentations",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="resume a dropped transfer this many times (default 3)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_download)
+    return p
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from oasisvq.data.download import DATASETS, DownloadError, download_oasis, parse_discs
+
+    try:
+        discs = (
+            None if args.discs is None else parse_discs(args.discs, DATASETS[args.dataset].count)
+        )
+        files = download_oasis(
+            args.dataset,
+            args.to,
+            discs,
+            args.with_metadata,
+            args.base_url,
+            args.meta_url,
+            extract=not args.no_extract,
+            only_needed=not args.all_files,
+            retries=max(0, args.retries),
+            verbose=not args.quiet,
+        )
+    except (DownloadError, DataError, ConfigError, ValueError) as exc:
+        return _fail("download", str(exc))
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{len(files)} file(s) ready in {args.to}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``oasisvq prepare``."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="turn downloaded OASIS-1 sessions into a PNG slice dataset for 'oasisvq train --data'",
+        description=(
+            "Cut the atlas-registered, skull-stripped OASIS-1 images and their FSL tissue "
+            "segmentations into axial PNG slices, split by subject, in the OASIS PNG release layout."
+        ),
+    )
+    p.add_argument("dataset", choices=("oasis1",), help="only OASIS-1 has processed images")
+    p.add_argument(
+        "--from", dest="src", type=Path, required=True, metavar="DIR", help="the 'download' folder"
+    )
+    p.add_argument(
+        "--to", dest="out", type=Path, required=True, metavar="OUT", help="folder to create"
+    )
+    p.add_argument("--size", type=int, default=256, help="side of the square slices (default 256)")
+    p.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=(0.8, 0.1, 0.1),
+        metavar="T,V,S",
+        help="train,validate,test shares of the subjects (default 0.8,0.1,0.1)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject split (default 0)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="clinical table (default: found in --from)",
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable sessions instead of stopping"
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_prepare)
+    return p
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from oasisvq.data.prepare import prepare_oasis1
+
+    try:
+        summary = prepare_oasis1(
+            args.src,
+            args.out,
+            args.size,
+            args.fractions,
+            args.seed,
+            args.force,
+            labels=args.labels,
+            skip_bad=args.skip_bad,
+            verbose=not args.quiet,
+        )
+    except (DataError, ConfigError) as exc:
+        return _fail("prepare", str(exc))
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    subjects, slices = summary["subjects"], summary["slices"]
+    counts = ", ".join(f"{s} {subjects[s]} subjects/{slices[s]} slices" for s in subjects)
+    print(f"wrote {args.out}: {counts}")
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK

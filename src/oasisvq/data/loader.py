@@ -1,0 +1,177 @@
+"""One entry point for every data layout, with a decode-once uint8 cache.
+
+``load_splits(root)`` detects the layout:
+
+* ``None``                       -> the built-in MNI152 brain (nilearn ships it)
+* ``keras_png_slices_*`` folders -> the OASIS preprocessed PNG slice release
+* ``train/``, ``validate/``, ``test/`` folders -> an image tree (optionally class folders)
+* NIfTI / Analyze volumes        -> volumes sliced into 2D, split by subject
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from oasisvq.data.errors import DataError
+from oasisvq.data.slices import SliceSet, Splits
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How raw data becomes slices. Stored in run configs so evaluation matches training."""
+
+    size: int = 128
+    fit: str = "resize"
+    axis: str = "axial"
+    mask: str | None = None  # folder of mask volumes, or "auto" for *_seg/*_mask siblings
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    skip_bad: bool = False
+
+
+def detect_layout(root: Path) -> str:
+    from oasisvq.data import tree
+
+    if not root.exists():
+        raise DataError(root, "no such file or folder")
+    if not root.is_dir():
+        raise DataError(root, "expected a data folder")
+    if tree.is_tree(root):
+        return "tree"
+    from oasisvq.data import oasis_png, volumes
+
+    if oasis_png.is_oasis_png(root):
+        return "oasis-png"
+    if volumes.has_volumes(root):
+        return "volumes"
+    if not any(root.iterdir()):
+        raise DataError(root, "folder is empty")
+    raise DataError(
+        root,
+        "no data found: expected keras_png_slices_* folders, train/validate/test folders, "
+        "or NIfTI/Analyze volumes",
+    )
+
+
+def _read(root: Path | None, opts: DataOptions) -> Splits:
+    if root is None:
+        from oasisvq.data import builtin
+
+        return builtin.load_builtin(opts)
+    layout = detect_layout(root)
+    if layout == "tree":
+        from oasisvq.data import tree
+
+        return tree.load_tree(root, opts.size, opts.fit, opts.skip_bad)
+    if layout == "oasis-png":
+        from oasisvq.data import oasis_png
+
+        return oasis_png.load_oasis_png(root, opts.size, opts.fit, opts.skip_bad)
+    from oasisvq.data import volumes
+
+    return volumes.load_volume_tree(root, opts)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OASISVQ_CACHE", Path.home() / ".cache" / "oasisvq"))
+
+
+def _cache_key(root: Path | None, opts: DataOptions) -> str:
+    h = hashlib.sha256(json.dumps([str(root), opts.__dict__], default=str).encode())
+    if root is not None:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _save(folder: Path, splits: Splits) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for name, s in splits.items():
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(s.images))
+        meta[name] = {
+            "subjects": s.subjects,
+            "sources": s.sources,
+            "classes": s.classes.tolist(),
+            "positions": [None if np.isnan(v) else float(v) for v in s.positions],
+            "ages": [None if np.isnan(v) else float(v) for v in s.ages],
+            "class_names": s.class_names,
+            "skipped": s.skipped,
+        }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process (another rank) won the race: keep theirs
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on file ``lock`` (released when its holder exits or dies);
+    without file locking (Windows, some network file systems) just go on."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
+def _load_cached(folder: Path) -> Splits:
+    meta = json.loads((folder / "meta.json").read_text())
+    out: Splits = {}
+    for name, m in meta.items():
+        nan = float("nan")
+        out[name] = SliceSet(
+            images=np.load(folder / f"{name}.npy", mmap_mode="r"),
+            subjects=m["subjects"],
+            sources=m["sources"],
+            classes=np.array(m["classes"], np.int64),
+            positions=np.array([nan if v is None else v for v in m["positions"]], np.float32),
+            ages=np.array([nan if v is None else v for v in m["ages"]], np.float32),
+            class_names=m["class_names"],
+            skipped=m["skipped"],
+        )
+    return out
+
+
+def load_splits(root: str | Path | None, opts: DataOptions | None = None, cache: bool = True) -> Splits:
+    """Read every split of a data root. Images are decoded once and cached as
+    memory-mapped ``uint8`` arrays (shared by all processes on a machine)."""
+    opts = opts or DataOptions()
+    root = None if root is None else Path(root).expanduser().resolve()
+    if not cache:
+        return _read(root, opts)
+    folder = cache_dir() / _cache_key(root, opts)
+    if not (folder / "meta.json").exists():
+        # Decode once: the torchrun processes of a node (which call this before the
+        # process group exists) queue on a file lock; the first decodes, the rest load it.
+        with _exclusive(folder.with_name(folder.name + ".lock")):
+            if not (folder / "meta.json").exists():
+                _save(folder, _read(root, opts))
+    return _load_cached(folder)
+
+
+def get_split(splits: Splits, name: str, root: object = None) -> SliceSet:
+    if name not in splits:
+        raise DataError(root if root is not None else "data", f"has no '{name}' split (found: {', '.join(splits)})")
+    return splits[name]

@@ -1,0 +1,28 @@
+"""torch Datasets over decoded slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from oasisvq.data.slices import SliceSet
+
+
+class ImageDataset(Dataset):
+    """Item i: ``(1, S, S) uint8`` tensor (scaled to [0, 1] on the device, not here)."""
+
+    def __init__(self, slices: SliceSet) -> None:
+        self.images = slices.images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.images[i], np.uint8, copy=True)).unsqueeze(0)
+
+
+def to_unit(batch: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """``(B, 1, S, S) uint8`` -> float32 in [0, 1] on ``device``."""
+    x = batch.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,104 @@
+"""Encoders and decoders.
+
+``seed``: the original report's Keras layers, exactly (see ``SeedEncoder``).
+``resnet``: a compact residual design (stride-2 convs, pre-activation residual
+blocks with GroupNorm, nearest-neighbour upsampling) of our own.
+
+Images enter as ``(B, 1, S, S)`` in ``[0, 1]`` and leave as ``(B, 1, S, S)`` logits of
+the same range (unclamped); latents are ``(B, D, S / 2**n_down, S / 2**n_down)``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, padding=k // 2)
+
+
+def _up(cin: int, cout: int, stride: int) -> nn.ConvTranspose2d:
+    # 3x3 transposed conv with Keras "same" padding: out = in * stride
+    return nn.ConvTranspose2d(cin, cout, 3, stride, padding=1, output_padding=stride - 1)
+
+
+class SeedEncoder(nn.Sequential):
+    """Conv 3x3 stride 2 with 32, 32, 64, 64 filters, Conv 3x3 128, all ReLU, then 1x1 to ``dim``."""
+
+    def __init__(self, dim: int, widths: tuple[int, ...] = (32, 32, 64, 64), top: int = 128) -> None:
+        layers: list[nn.Module] = []
+        cin = 1
+        for w in widths:
+            layers += [_conv(cin, w, 3, 2), nn.ReLU()]
+            cin = w
+        layers += [_conv(cin, top), nn.ReLU(), nn.Conv2d(top, dim, 1)]
+        super().__init__(*layers)
+
+
+class SeedDecoder(nn.Sequential):
+    """ConvTranspose 3x3: 128 (stride 1), 64, 64, 32, 32 (stride 2), ReLU; then 1 filter, linear."""
+
+    def __init__(self, dim: int, widths: tuple[int, ...] = (64, 64, 32, 32), top: int = 128) -> None:
+        layers: list[nn.Module] = [_up(dim, top, 1), nn.ReLU()]
+        cin = top
+        for w in widths:
+            layers += [_up(cin, w, 2), nn.ReLU()]
+            cin = w
+        layers += [_up(cin, 1, 1)]
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: x + conv3x3(act(norm(conv3x3(act(norm(x))))))."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(min(8, ch // 4), ch), nn.SiLU(), _conv(ch, ch),
+            nn.GroupNorm(min(8, ch // 4), ch), nn.SiLU(), _conv(ch, ch),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResEncoder(nn.Module):
+    """Stem conv, then per level: stride-2 conv and ``blocks[i]`` residual blocks; 1x1 to ``dim``.
+
+    ``widths[i]`` is the channel count after the i-th downsampling.
+    """
+
+    def __init__(self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv(1, widths[0] // 2)]
+        cin = widths[0] // 2
+        for w, nb in zip(widths, blocks, strict=True):
+            layers.append(_conv(cin, w, 3, 2))
+            layers += [ResBlock(w) for _ in range(nb)]
+            cin = w
+        layers += [ResBlock(cin) for _ in range(mid_blocks)]
+        layers += [nn.GroupNorm(min(8, cin // 4), cin), nn.SiLU(), nn.Conv2d(cin, dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ResDecoder(nn.Module):
+    """Mirror of ``ResEncoder``: 1x1 from ``dim``, residual blocks, nearest upsample + conv per level."""
+
+    def __init__(self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int) -> None:
+        super().__init__()
+        cin = widths[-1]
+        layers: list[nn.Module] = [nn.Conv2d(dim, cin, 1)]
+        layers += [ResBlock(cin) for _ in range(mid_blocks)]
+        for w, nb in zip(reversed(widths), reversed(blocks), strict=True):
+            layers += [ResBlock(cin) for _ in range(nb)]
+            cout = w // 2
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout)]
+            cin = cout
+        layers += [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU(), _conv(cin, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)

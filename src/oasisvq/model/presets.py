@@ -1,0 +1,104 @@
+"""VQ-VAE configurations as dataclasses, and the named presets.
+
+A preset is a complete ``VQVAEConfig``; the whole config is saved inside every
+checkpoint, so a run can always be rebuilt without this table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from oasisvq.data.errors import ConfigError
+from oasisvq.model.quantizer import QuantizerConfig
+
+
+@dataclass
+class VQVAEConfig:
+    name: str
+    arch: str  # "seed" (the report's Keras layers) or "resnet"
+    description: str = ""
+    image_size: int = 128
+    widths: tuple[int, ...] = (32, 32, 64, 64)  # channels after each stride-2 level
+    blocks: tuple[int, ...] = (0, 0, 0, 0)  # residual blocks per level (resnet only)
+    mid_blocks: int = 0  # residual blocks at the latent resolution (resnet only)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: str = "mse"  # "mse", or "mse+ssim": (1 - w) * MSE/var + w * (1 - SSIM)
+    ssim_weight: float = 0.0
+    data_variance: float = 0.104  # MSE is divided by it (corrected value for these images)
+    default_epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 2 ** len(self.widths)
+
+    @property
+    def bits_per_image(self) -> float:
+        return self.grid**2 * math.log2(self.quantizer.codebook_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VQVAEConfig:
+        d = dict(d)
+        d["quantizer"] = QuantizerConfig(**d["quantizer"])
+        for key in ("widths", "blocks"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+
+PRESETS: dict[str, VQVAEConfig] = {
+    cfg.name: cfg
+    for cfg in [
+        VQVAEConfig(
+            name="seed",
+            arch="seed",
+            description="The original report's table: 4 stride-2 convs, 8x8x16 latent, 16 codes.",
+            quantizer=QuantizerConfig(codebook_size=16, dim=16),
+            loss="mse",
+            lr=2e-3,
+            batch_size=32,
+        ),
+        VQVAEConfig(
+            name="compact",
+            arch="resnet",
+            description="Residual VQ-VAE at the seed's budget: 8x8 grid, 16 codes (256 bits).",
+            widths=(32, 64, 96, 128),
+            blocks=(0, 1, 1, 1),
+            mid_blocks=1,
+            quantizer=QuantizerConfig(codebook_size=16, dim=16),
+            loss="mse+ssim",
+            ssim_weight=0.7,
+            lr=2e-3,
+            batch_size=32,
+        ),
+        VQVAEConfig(
+            name="hifi",
+            arch="resnet",
+            description="High fidelity: 32x32 grid, 512 codes (1152 bytes per image).",
+            widths=(48, 96),
+            blocks=(1, 2),
+            mid_blocks=1,
+            quantizer=QuantizerConfig(codebook_size=512, dim=32),
+            loss="mse+ssim",
+            ssim_weight=0.5,
+            lr=2e-3,
+            batch_size=32,
+            default_epochs=20,
+        ),
+    ]
+}
+
+
+def get_preset(name: str, **overrides: object) -> VQVAEConfig:
+    """A copy of preset ``name``. ``codebook_size=...`` etc. override the quantizer."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    cfg = PRESETS[name]
+    q_keys = {k: v for k, v in overrides.items() if k in QuantizerConfig.__dataclass_fields__ and v is not None}
+    rest = {k: v for k, v in overrides.items() if k not in q_keys and v is not None}
+    return replace(cfg, quantizer=replace(cfg.quantizer, **q_keys), **rest)

@@ -1,0 +1,59 @@
+"""The VQ-VAE: encoder -> vector quantizer -> decoder."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from oasisvq.model.networks import ResDecoder, ResEncoder, SeedDecoder, SeedEncoder
+from oasisvq.model.presets import VQVAEConfig
+from oasisvq.model.quantizer import VectorQuantizer
+
+
+class VQOutput(NamedTuple):
+    recon: Tensor  # (B, 1, S, S), ~[0, 1]
+    codes: Tensor  # (B, h, w) int64
+    vq_loss: Tensor  # scalar
+
+
+class VQVAE(nn.Module):
+    """``forward(x (B, 1, S, S) in [0, 1]) -> VQOutput``."""
+
+    def __init__(self, cfg: VQVAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.quantizer.dim
+        if cfg.arch == "seed":
+            self.encoder: nn.Module = SeedEncoder(dim, cfg.widths)
+            self.decoder: nn.Module = SeedDecoder(dim, tuple(reversed(cfg.widths)))
+        elif cfg.arch == "resnet":
+            self.encoder = ResEncoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks)
+            self.decoder = ResDecoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks)
+        else:
+            raise ValueError(f"unknown arch {cfg.arch!r}")
+        self.quantizer = VectorQuantizer(cfg.quantizer)
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> continuous latent ``(B, D, h, w)``."""
+        return self.encoder(x - 0.5)
+
+    def decode_latent(self, z_q: Tensor) -> Tensor:
+        """``(B, D, h, w)`` -> image ``(B, 1, S, S)``, ~[0, 1]."""
+        return self.decoder(z_q) + 0.5
+
+    def forward(self, x: Tensor) -> VQOutput:
+        z_q, codes, vq_loss = self.quantizer(self.encode_latent(x))
+        return VQOutput(self.decode_latent(z_q), codes, vq_loss)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images ``(B, 1, S, S)`` in [0, 1] -> codes ``(B, h, w)`` int64."""
+        return self.quantizer(self.encode_latent(x))[1]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(B, h, w)`` -> images ``(B, 1, S, S)`` clamped to [0, 1]."""
+        return self.decode_latent(self.quantizer.lookup(codes)).clamp(0, 1)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,140 @@
+"""What every prior shares: conditions, their embedding, the sampling rule and the NLL.
+
+Conditions travel as a dict of per-example tensors (any key may be missing)::
+
+    cond = {"cls": (B,) int64,    # class index into cfg.class_names, -1 = unknown
+            "pos": (B,) float32,  # normalised slice position in [0, 1], NaN = unknown
+            "age": (B,) float32}  # age in years, NaN = unknown
+
+A conditional prior is trained with each condition independently replaced by
+"unknown" for ``cfg.cond_dropout`` of the examples, so it can also be sampled
+without that condition (the marginal over it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from oasisvq.prior.registry import PriorConfig
+
+Cond = dict[str, Tensor]
+N_FREQ = 4  # Fourier features of a scalar condition: u, sin(2 pi k u), cos(2 pi k u), k = 1..N_FREQ
+
+
+def make_cond(
+    n: int,
+    cls: int | None = None,
+    pos: float | None = None,
+    age: float | None = None,
+    device: torch.device | str = "cpu",
+) -> Cond:
+    """The same condition for ``n`` examples; None means unknown."""
+    return {
+        "cls": torch.full((n,), -1 if cls is None else int(cls), dtype=torch.long, device=device),
+        "pos": torch.full((n,), math.nan if pos is None else float(pos), device=device),
+        "age": torch.full((n,), math.nan if age is None else float(age), device=device),
+    }
+
+
+def _fourier(u: Tensor) -> Tensor:
+    """``(B,)`` in ~[0, 1] -> ``(B, 1 + 2 * N_FREQ)`` features."""
+    k = torch.arange(1, N_FREQ + 1, device=u.device, dtype=u.dtype)
+    ang = 2 * math.pi * u[:, None] * k
+    return torch.cat([u[:, None], ang.sin(), ang.cos()], 1)
+
+
+class ConditionEmbedding(nn.Module):
+    """``cond -> (B, dim)``: a learned start vector plus one term per condition.
+
+    class: an embedding with one extra row for "unknown"; position and age: a linear
+    map of Fourier features (age standardised with the training statistics), or a
+    learned "unknown" vector when the value is NaN.
+    """
+
+    def __init__(self, cfg: PriorConfig, dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.start = nn.Parameter(torch.randn(dim) * 0.02)
+        if "class" in cfg.condition:
+            self.n_classes = max(1, len(cfg.class_names))
+            self.cls = nn.Embedding(self.n_classes + 1, dim)
+        for key in ("position", "age"):
+            if key in cfg.condition:
+                setattr(self, key, nn.Linear(1 + 2 * N_FREQ, dim))
+                setattr(self, f"{key}_unknown", nn.Parameter(torch.randn(dim) * 0.02))
+
+    def _drop(self, known: Tensor) -> Tensor:
+        if self.training and self.cfg.cond_dropout > 0:
+            keep = torch.rand(known.shape, device=known.device) >= self.cfg.cond_dropout
+            return known & keep
+        return known
+
+    def _scalar(self, key: str, value: Tensor) -> Tensor:
+        known = self._drop(~torch.isnan(value))
+        if key == "age":
+            u = ((value - self.cfg.age_mean) / self.cfg.age_std + 3) / 6
+        else:
+            u = value
+        u = torch.where(known, u, torch.zeros_like(u)).float()
+        emb = getattr(self, key)(_fourier(u))
+        return torch.where(known[:, None], emb, getattr(self, f"{key}_unknown").to(emb.dtype))
+
+    def forward(self, cond: Cond | None, batch: int) -> Tensor:
+        out = self.start.expand(batch, -1)
+        cond = cond or {}
+        device = self.start.device
+        if "class" in self.cfg.condition:
+            c = cond.get("cls", torch.full((batch,), -1, dtype=torch.long, device=device)).long()
+            known = self._drop((c >= 0) & (c < self.n_classes))
+            out = out + self.cls(torch.where(known, c, torch.full_like(c, self.n_classes)))
+        for key, short in (("position", "pos"), ("age", "age")):
+            if key in self.cfg.condition:
+                v = cond.get(short, torch.full((batch,), math.nan, device=device)).float()
+                out = out + self._scalar(key, v)
+        return out
+
+
+def pick(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one code per row of ``logits (B, K)``; returns ``(B,)`` int64.
+
+    temperature 0 takes the most likely code; ``top_k`` keeps only the k most likely.
+    """
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+class Prior(nn.Module):
+    """Base class. Subclasses implement ``forward`` and ``sample``.
+
+    ``forward(codes (B, h, w) int64, cond) -> logits (B, h, w, K)`` where the logits at
+    cell ``i`` (raster order) depend only on the codes before ``i`` and on ``cond``.
+    """
+
+    cfg: PriorConfig
+
+    def nll(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
+        """Negative log-likelihood of each grid, in nats, ``(B,)`` fp32."""
+        logits = self(codes, cond).float()
+        ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none")
+        return ce.view(codes.shape[0], -1).sum(1)
+
+    def sample(
+        self,
+        n: int,
+        cond: Cond | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``n`` code grids ``(n, h, w)`` int64, drawn in raster order."""
+        raise NotImplementedError

@@ -1,0 +1,198 @@
+"""A small GPT-style decoder over the raster-flattened code grid.
+
+Slot ``t`` of the input holds the code of cell ``t - 1`` (slot 0 holds the start
+token, built from the condition) plus the 2D position embedding of cell ``t``
+(row embedding + column embedding), and the output at slot ``t`` predicts the code
+of cell ``t``. Causal self-attention sees every earlier cell, so unlike the
+PixelCNN there is no blind spot.
+
+    codes (B, h, w) -> (B, T = h*w) -> [start, emb(c_0), ..., emb(c_{T-2})] + pos
+    -> n_layers x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> linear -> (B, h, w, K)
+
+Attention is grouped-query attention with ``n_kv_heads`` key/value heads (1 = multi-query):
+the KV cache that sampling keeps is ``n_heads / n_kv_heads`` times smaller than in
+plain multi-head attention, which is what makes drawing 32x32 grids on a CPU
+affordable. Sampling feeds one cell at a time and reuses the cached keys and values
+of all earlier cells; the tests check that this gives the logits of a full forward
+pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, pick
+from oasisvq.prior.registry import PriorConfig
+
+
+class KVCache:
+    """Keys and values of one layer: ``(B, n_kv_heads, T, head_dim)`` each, filled left to right."""
+
+    def __init__(self, batch: int, n_kv: int, length: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.k = torch.empty(batch, n_kv, length, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        d, h, g = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+        if d % h or h % g:
+            raise ValueError(f"d_model {d} must divide by n_heads {h}, and n_heads by n_kv_heads {g}")
+        self.n_heads, self.n_kv, self.head_dim = h, g, d // h
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * g * self.head_dim)
+        self.proj = nn.Linear(d, d)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, t: int = 0) -> Tensor:
+        """Full pass: ``x (B, T, d)``, causal. Cached step: ``x (B, 1, d)`` is slot ``t``;
+        its keys/values are written to ``cache`` and it attends to slots ``0..t``."""
+        b, n, d = x.shape
+        hd, g, rep = self.head_dim, self.n_kv, self.n_heads // self.n_kv
+        q = self.q(x).view(b, n, g, rep, hd)
+        k, v = self.kv(x).view(b, n, 2, g, hd).permute(2, 0, 3, 1, 4)  # each (B, g, n, hd)
+        if cache is None:
+            q = q.permute(0, 2, 3, 1, 4).reshape(b, g * rep, n, hd)  # (B, H, T, hd)
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            y = y.transpose(1, 2).reshape(b, n, d)
+        else:
+            cache.k[:, :, t : t + 1] = k
+            cache.v[:, :, t : t + 1] = v
+            # the rep query heads of a KV group act as rep query positions over one shared cache
+            q = q.view(b, g, rep, hd)
+            y = F.scaled_dot_product_attention(q.to(cache.k.dtype), cache.k[:, :, : t + 1], cache.v[:, :, : t + 1])
+            y = y.reshape(b, 1, d)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, t: int = 0) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache, t)
+        return x + self.mlp(self.ln2(x))
+
+
+class TransformerPrior(Prior):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, (h, w) = cfg.d_model, cfg.grid
+        self.tok = nn.Embedding(cfg.codebook_size, d)
+        self.row = nn.Embedding(h, d)
+        self.col = nn.Embedding(w, d)
+        self.cond = ConditionEmbedding(cfg, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.codebook_size, bias=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # GPT-2: scale residual projections by depth
+                nn.init.normal_(p, 0.0, 0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def positions(self) -> Tensor:
+        """2D position embedding of every cell in raster order, ``(T, d)``."""
+        h, w = self.cfg.grid
+        return (self.row.weight[:, None, :] + self.col.weight[None, :, :]).reshape(h * w, -1)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+    def forward_embedded(self, emb: Tensor, cond: Cond | None = None) -> Tensor:
+        """``emb (B, T, d)``: the embeddings of cells ``0..T-1`` -> logits ``(B, h, w, K)``.
+        The embedding of the last cell is not used (nothing comes after it)."""
+        b = emb.shape[0]
+        start = self.cond(cond, b)[:, None].to(emb.dtype)
+        x = self.drop(torch.cat([start, emb[:, :-1]], 1) + self.positions())
+        h, w = self.cfg.grid
+        return self._logits(x).view(b, h, w, -1)
+
+    def forward(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
+        """``codes (B, h, w)`` int64 -> logits ``(B, h, w, K)``."""
+        return self.forward_embedded(self.tok(codes.flatten(1)), cond)
+
+    def forward_onehot(self, x: Tensor, cond: Cond | None = None) -> Tensor:
+        """``x (B, K, h, w)`` one-hot (or any float) -> logits ``(B, h, w, K)``; for gradient checks."""
+        return self.forward_embedded(x.flatten(2).transpose(1, 2) @ self.tok.weight, cond)
+
+    # ------------------------------------------------------------------ cached decoding
+    def new_cache(self, batch: int) -> list[KVCache]:
+        attn = self.blocks[0].attn
+        p = self.head.weight
+        return [KVCache(batch, attn.n_kv, self.cfg.cells, attn.head_dim, p.device, p.dtype) for _ in self.blocks]
+
+    def step(self, x: Tensor, t: int, cache: list[KVCache]) -> Tensor:
+        """One slot: ``x (B, d)`` is the input of slot ``t`` (embedding of cell t-1, or the
+        start token, plus the position of cell t). Returns the logits of cell ``t``, ``(B, K)``."""
+        x = x[:, None]
+        for block, kv in zip(self.blocks, cache, strict=True):
+            x = block(x, kv, t)
+        return self.head(self.ln_f(x[:, 0]))
+
+    @torch.no_grad()
+    def forward_cached(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
+        """The logits of ``forward``, computed one cell at a time through the KV cache
+        (teacher forcing); the path sampling takes. ``(B, h, w)`` -> ``(B, h, w, K)``."""
+        b = codes.shape[0]
+        flat, pos, cache = codes.flatten(1), self.positions(), self.new_cache(b)
+        x = self.cond(cond, b) + pos[0]
+        out = []
+        for t in range(self.cfg.cells):
+            out.append(self.step(x, t, cache))
+            if t + 1 < self.cfg.cells:
+                x = self.tok(flat[:, t]) + pos[t + 1]
+        return torch.stack(out, 1).view(*codes.shape, -1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: Cond | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache."""
+        pos, cache = self.positions(), self.new_cache(n)
+        x = self.cond(cond, n) + pos[0]
+        out = torch.empty(n, self.cfg.cells, dtype=torch.long, device=pos.device)
+        for t in range(self.cfg.cells):
+            out[:, t] = pick(self.step(x, t, cache), temperature, top_k, generator)
+            if t + 1 < self.cfg.cells:
+                x = self.tok(out[:, t]) + pos[t + 1]
+        return out.view(n, *self.cfg.grid)

@@ -1,0 +1,27 @@
+"""How to train: plain values, saved with every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.03  # linear warm-up, then cosine decay to lr * final_lr_ratio
+    final_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: str = "auto"  # "auto" (bf16 where it helps), "bf16", "fp16", "off"
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    keep_checkpoints: int = 2
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = per epoch only)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,57 @@
+"""Per-epoch history: CSV, TensorBoard events and a PNG of the curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+
+class History:
+    """Rows of per-epoch scalars, rewritten in full each epoch (so a resumed run's
+    history never has duplicate or missing epochs)."""
+
+    def __init__(self, run_dir: Path, rows: list[dict] | None = None) -> None:
+        self.run_dir = run_dir
+        self.rows: list[dict] = list(rows or [])
+        self._tb = None
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._write_csv()
+        self._write_tensorboard(row)
+        self._write_plot()
+
+    def _write_csv(self) -> None:
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        tmp = self.run_dir / "history.csv.tmp"
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.run_dir / "history.csv")
+        (self.run_dir / "history.json").write_text(json.dumps(self.rows, indent=1))
+
+    def _write_tensorboard(self, row: dict) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard missing: CSV and PNG still written
+            return
+        if self._tb is None:
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, int | float):
+                self._tb.add_scalar(k, v, row["epoch"])
+        self._tb.flush()
+
+    def _write_plot(self) -> None:
+        from oasisvq.evaluate.figures import curves_figure
+
+        curves_figure(self.rows, self.run_dir / "curves.png")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

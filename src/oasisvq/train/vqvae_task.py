@@ -1,0 +1,105 @@
+"""The VQ-VAE as a training task for the shared engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from oasisvq.data.slices import SliceSet
+from oasisvq.data.torch_dataset import ImageDataset, to_unit
+from oasisvq.evaluate import metrics
+from oasisvq.model.presets import VQVAEConfig
+from oasisvq.model.vqvae import VQVAE
+from oasisvq.train import distributed as D
+
+MS_SSIM_MIN_SIZE = (metrics.MS_SSIM_WIN_SIZE - 1) * 2 ** (len(metrics.MS_SSIM_WEIGHTS) - 1)
+
+
+def reconstruction_loss(recon: Tensor, x: Tensor, cfg: VQVAEConfig) -> Tensor:
+    """MSE / data variance, mixed with (1 - SSIM) when ``cfg.ssim_weight`` > 0. fp32."""
+    with torch.autocast(x.device.type, enabled=False):
+        recon = recon.float()
+        loss = F.mse_loss(recon, x) / cfg.data_variance
+        if cfg.ssim_weight > 0:
+            w = cfg.ssim_weight
+            loss = (1 - w) * loss + w * (1 - metrics.ssim(recon, x).mean())
+    return loss
+
+
+class VQVAETask:
+    def __init__(self, model: VQVAE, train: SliceSet, val: SliceSet | None, batch_size: int) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.train_set = ImageDataset(train)
+        self.val = val
+        self.batch_size = batch_size
+        self.counts = torch.zeros(self.cfg.quantizer.codebook_size, dtype=torch.long)
+
+    def to_device(self, batch: Tensor, device: torch.device) -> Tensor:
+        return to_unit(batch, device)
+
+    def loss(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        recon, codes, vq_loss = model(x)
+        rec = reconstruction_loss(recon, x, self.cfg)
+        self.counts = self.counts.to(codes.device)
+        self.counts += torch.bincount(codes.flatten(), minlength=len(self.counts))
+        mse = F.mse_loss(recon.detach().float(), x)
+        return rec + vq_loss, {"recon": rec.detach(), "vq": vq_loss.detach(), "mse": mse}
+
+    def start_epoch(self) -> None:
+        self.counts = torch.zeros_like(self.counts)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        counts = D.all_reduce_sum(self.counts.clone())
+        return {"train_codes_used": metrics.codes_used(counts), "train_perplexity": metrics.perplexity(counts)}
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if self.val is None or len(self.val) == 0:
+            return {}
+        device = next(model.parameters()).device
+        result = reconstruct_all(model, self.val.images, device, self.batch_size)
+        return {
+            "val_ssim": float(result["ssim"].mean()),
+            "val_psnr": float(result["psnr"].mean()),
+            "val_mse": float(result["mse"].mean()),
+            "val_codes_used": metrics.codes_used(result["counts"]),
+            "val_perplexity": metrics.perplexity(result["counts"]),
+        }
+
+
+@torch.no_grad()
+def reconstruct_all(
+    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64, keep: bool = False
+) -> dict[str, np.ndarray]:
+    """Pass ``images (N, S, S) uint8`` through encoder, quantizer and decoder.
+
+    Returns per-image ``ssim``, ``ms_ssim``, ``psnr``, ``mse`` ``(N,)``, the code-usage
+    histogram ``counts (K,)`` and, with ``keep``, ``recon (N, S, S)`` float [0, 1] and
+    ``codes (N, h, w)``.
+    """
+    was_training = model.training
+    model.eval()
+    out: dict[str, list] = {k: [] for k in ("ssim", "ms_ssim", "psnr", "mse", "recon", "codes")}
+    counts = None
+    for start in range(0, len(images), batch_size):
+        x = to_unit(torch.from_numpy(np.array(images[start : start + batch_size])).unsqueeze(1), device)
+        recon, codes, _ = model(x)
+        recon, x = recon.float().clamp(0, 1).contiguous(), x.contiguous()
+        with torch.autocast(device.type, enabled=False):
+            for name in ("ssim", "ms_ssim", "psnr", "mse"):
+                if name == "ms_ssim" and x.shape[-1] <= MS_SSIM_MIN_SIZE:  # too small for 5 scales
+                    out[name].append(torch.full((len(x),), float("nan")))
+                    continue
+                out[name].append(getattr(metrics, name)(recon, x).float().cpu())
+        c = torch.bincount(codes.flatten().cpu(), minlength=model.cfg.quantizer.codebook_size)
+        counts = c if counts is None else counts + c
+        if keep:
+            out["recon"].append(recon[:, 0].cpu())
+            out["codes"].append(codes.cpu())
+    model.train(was_training)
+    result = {k: torch.cat(v).numpy() for k, v in out.items() if v}
+    result["counts"] = counts.numpy()
+    return result

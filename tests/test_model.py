@@ -1,0 +1,58 @@
+import torch
+
+from oasisvq.model.presets import PRESETS, get_preset
+from oasisvq.model.vqvae import VQVAE
+
+
+def _shapes(seq: torch.nn.Sequential, x: torch.Tensor) -> list[tuple]:
+    shapes = []
+    for layer in seq:
+        x = layer(x)
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def test_seed_preset_is_the_reports_table():
+    model = VQVAE(get_preset("seed"))
+    enc = _shapes(model.encoder, torch.zeros(1, 1, 128, 128))
+    # (C, H, W): Conv 32/32/64/64 stride 2, Conv 128, 1x1 to 16
+    assert enc == [(32, 64, 64), (32, 32, 32), (64, 16, 16), (64, 8, 8), (128, 8, 8), (16, 8, 8)]
+    dec = _shapes(model.decoder, torch.zeros(1, 16, 8, 8))
+    assert dec == [(128, 8, 8), (64, 16, 16), (64, 32, 32), (32, 64, 64), (32, 128, 128), (1, 128, 128)]
+    assert all(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder if not isinstance(m, torch.nn.ReLU))
+    q = model.cfg.quantizer
+    assert (q.codebook_size, q.dim, q.beta) == (16, 16, 0.25)
+    assert model.cfg.bits_per_image == 256
+
+
+def test_presets_round_trip_and_shapes():
+    for name, cfg in PRESETS.items():
+        model = VQVAE(cfg).eval()
+        x = torch.rand(2, 1, cfg.image_size, cfg.image_size)
+        recon, codes, loss = model(x)
+        assert recon.shape == x.shape, name
+        assert codes.shape == (2, cfg.grid, cfg.grid), name
+        assert codes.max() < cfg.quantizer.codebook_size
+        assert type(cfg).from_dict(cfg.to_dict()) == cfg
+
+
+def test_required_presets_exist():
+    budget = [c for c in PRESETS.values() if c.name != "seed" and c.grid == 8 and c.quantizer.codebook_size == 16]
+    assert budget, "a 256-bit (8x8, 16 codes) preset beside seed"
+    assert any(c.grid == 32 and c.quantizer.codebook_size == 512 for c in PRESETS.values())
+
+
+def test_codebook_size_override():
+    cfg = get_preset("seed", codebook_size=128)
+    assert cfg.quantizer.codebook_size == 128 and cfg.bits_per_image == 64 * 7
+    assert PRESETS["seed"].quantizer.codebook_size == 16  # the table stays untouched
+
+
+def test_decode_of_encode_matches_forward():
+    model = VQVAE(get_preset("compact")).eval()
+    x = torch.rand(3, 1, 128, 128)
+    with torch.no_grad():
+        recon, codes, _ = model(x)
+        assert torch.equal(model.encode(x), codes)
+        assert torch.allclose(model.decode(codes), recon.clamp(0, 1), atol=1e-5)

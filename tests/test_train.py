@@ -1,0 +1,152 @@
+"""Training engine, checkpoints, resume and the train/evaluate/reconstruct CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import oasisvq
+from oasisvq.cli import main
+from oasisvq.train import checkpoint
+
+ARGS = ["--preset", "seed", "--size", "32", "--batch-size", "8", "--amp", "off", "--seed", "3"]
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), *ARGS, *extra])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint.latest(run) / "model.safetensors"))
+
+
+def test_train_writes_history_checkpoint_and_plots(tiny_tree: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    assert _train(tiny_tree, run, "--epochs", "2") == 0
+    rows = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_codes_used", "train_perplexity", "val_ssim", "val_psnr", "val_codes_used"):
+        assert key in rows[-1]
+    assert (run / "history.csv").read_text().count("\n") == 3
+    assert (run / "curves.png").stat().st_size > 1000
+    assert any((run / "tensorboard").iterdir())
+    saved = checkpoint.read_config(run)
+    assert saved["model"]["name"] == "seed" and saved["train"]["epochs"] == 2
+    assert (checkpoint.latest(run) / "state.pt").exists()
+
+
+def test_deterministic_and_resume_equals_uninterrupted(tiny_tree: Path, tmp_path: Path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert _train(tiny_tree, a, "--epochs", "2") == 0
+    assert _train(tiny_tree, b, "--epochs", "2") == 0
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+    assert _train(tiny_tree, c, "--epochs", "1") == 0
+    assert _train(tiny_tree, c, "--epochs", "2", "--resume") == 0
+    wc = _weights(c)
+    assert all(torch.allclose(wa[k].float(), wc[k].float(), atol=1e-6) for k in wa)
+    assert [r["epoch"] for r in json.loads((c / "history.json").read_text())] == [1, 2]
+
+
+def test_run_dir_is_never_overwritten(tiny_tree: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    assert _train(tiny_tree, run, "--epochs", "1") == 2
+    assert "--force" in capsys.readouterr().err
+    assert (run / "keep.txt").read_text() == "precious"
+    assert _train(tiny_tree, run, "--epochs", "1", "--force") == 0
+    assert not (run / "keep.txt").exists()
+
+
+def test_unknown_preset_and_wrong_preset_on_resume(tiny_tree: Path, tmp_path: Path, capsys):
+    assert main(["train", "--data", str(tiny_tree), "--out", str(tmp_path / "x"), "--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and len(err.splitlines()) == 1
+    run = tmp_path / "run"
+    assert _train(tiny_tree, run, "--epochs", "1") == 0
+    assert main(["train", "--data", str(tiny_tree), "--out", str(run), "--preset", "compact", "--resume"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_checkpoint_from_another_preset_is_refused(tiny_tree: Path, tmp_path: Path):
+    from oasisvq.data.errors import ConfigError
+    from oasisvq.model.presets import get_preset
+    from oasisvq.model.vqvae import VQVAE
+
+    run = tmp_path / "run"
+    assert _train(tiny_tree, run, "--epochs", "1") == 0
+    with pytest.raises(ConfigError, match="another preset"):
+        checkpoint.load_weights(checkpoint.latest(run), VQVAE(get_preset("compact")))
+
+
+def test_interrupted_checkpoint_write_leaves_previous_one(tiny_tree: Path, tmp_path: Path, monkeypatch):
+    run = tmp_path / "run"
+    assert _train(tiny_tree, run, "--epochs", "1") == 0
+    before = checkpoint.latest(run)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", boom)
+    with pytest.raises(OSError):
+        _train(tiny_tree, run, "--epochs", "2", "--resume")
+    assert checkpoint.latest(run) == before  # LATEST still names a complete checkpoint
+    assert (before / "model.safetensors").exists()
+
+
+def test_evaluate_reconstruct_and_api(tiny_tree: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert _train(tiny_tree, run, "--epochs", "1") == 0
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--data", str(tiny_tree), "--split", "test", "--json", str(out_json)]) == 0
+    r = json.loads(out_json.read_text())
+    for key in ("n_images", "ssim_mean", "ssim_std", "ms_ssim_mean", "psnr_mean", "codes_used", "codebook_size", "bits_per_image"):
+        assert key in r
+    assert r["n_images"] == 8 and r["codebook_size"] == 16 and r["bits_per_image"] == 4 * 4
+    assert (run / "eval-test" / "reconstructions.png").stat().st_size > 1000
+    assert (run / "eval-test" / "per_image.csv").read_text().count("\n") == 9
+
+    model = oasisvq.load(run)
+    imgs = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    codes = model.encode(imgs)
+    assert codes.shape == (5, 2, 2) and codes.dtype == torch.int64
+    rec = model.reconstruct(imgs)
+    assert rec.shape == (5, 32, 32) and rec.min() >= 0 and rec.max() <= 1
+    assert torch.allclose(model.decode(codes), rec)
+
+    out = tmp_path / "rec"
+    one = next((tiny_tree / "test").rglob("*.png"))
+    assert main(["reconstruct", str(run), str(one), "--out", str(out)]) == 0
+    assert len(list((out / "images").glob("*_recon.png"))) == 1
+
+
+def test_presets_json(capsys):
+    assert main(["presets", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = {r["name"] for r in rows}
+    assert {"seed", "compact", "hifi"} <= names
+    for r in rows:
+        assert set(r) >= {"name", "grid", "codebook_size", "bits_per_image", "params", "default_epochs"}
+        assert r["params"] > 0
+
+
+def test_evaluate_on_missing_split_is_a_clear_error(tiny_tree: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert _train(tiny_tree, run, "--epochs", "1") == 0
+    assert main(["evaluate", str(run), "--data", str(tiny_tree), "--split", "holdout"]) == 2
+    assert "holdout" in capsys.readouterr().err
+
+
+def test_empty_data_folder(tmp_path: Path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert str(empty) in capsys.readouterr().err
+    assert os.path.exists(tmp_path / "r") is False or not any((tmp_path / "r").iterdir())
