@@ -20,7 +20,9 @@ def blob_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
-def write_tree(root: Path, counts: dict[str, int], size: int = 40, classes=("A", "B"), seed: int = 0) -> Path:
+def write_tree(
+    root: Path, counts: dict[str, int], size: int = 40, classes=("A", "B"), seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split, n in counts.items():
         for i in range(n):
@@ -31,7 +33,9 @@ def write_tree(root: Path, counts: dict[str, int], size: int = 40, classes=("A",
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each test gets its own decode cache, never the user's ~/.cache."""
     monkeypatch.setenv("OASISVQ_CACHE", str(tmp_path_factory.mktemp("cache")))
 

@@ -28,6 +28,10 @@ def main() -> int:
     probe.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
     (probe / f"pid-{rank}").write_text(str(os.getpid()))
+    # train_vqvae builds the model before the engine seeds the RNGs, and torch's default
+    # seed is random per process: seed here so that separate runs start from the same
+    # weights (within one run, DDP copies rank 0's weights to every rank anyway).
+    torch.manual_seed(0)
 
     from oasisvq.data import loader
     from oasisvq.train import distributed as D

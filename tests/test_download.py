@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import socket
 import tarfile
 import threading
@@ -277,6 +278,14 @@ def test_rerun_downloads_nothing(served, tmp_path):
     before = len(served.requests)
     fetch(served, tmp_path, [1, 2])
     assert len(served.requests) == before
+    # an extraction deleted by hand is redone from the archive, still without downloading
+    shutil.rmtree(tmp_path / "disc2")
+    fetch(served, tmp_path, [1, 2])
+    assert len(served.requests) == before and (tmp_path / "disc2" / "OAS1_0003_MR1").is_dir()
+    # archives deleted after extraction to save space are not downloaded again
+    (tmp_path / DISC.format(1)).unlink()
+    fetch(served, tmp_path, [1, 2])
+    assert len(served.requests) == before
 
 
 def test_all_files_extracts_everything(served, tmp_path):
@@ -465,11 +474,29 @@ def test_cli_download(served, tmp_path, capsys):
     ]
     assert _cli([*base, "--discs", "2", "--with-metadata", "--meta-url", served.url("files/")]) == 0
     assert (tmp_path / "oasis_cross-sectional.csv").is_file()
-    assert _cli([*base, "--discs", "9", "--retries", "0"]) == 1
+    assert _cli([*base, "--discs", "9", "--retries", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err.startswith("error: http://127.0.0.1:") and "disc9.tar.gz: not found (HTTP 404)" in err
-    )
+    assert err.startswith("oasisvq download: error: http://127.0.0.1:")
+    assert "disc9.tar.gz: not found (HTTP 404)" in err
     assert len(err.splitlines()) == 1
     assert _cli([*base, "--discs", "13"]) == 2
     assert "1-12" in capsys.readouterr().err
+
+
+def test_download_then_prepare(served, tmp_path):
+    """The extracted files are exactly what ``prepare`` needs."""
+    from oasisvq.data.prepare import prepare_oasis1
+
+    served.files["files/oasis_cross-sectional.csv"] = (
+        b"ID,M/F,Hand,Age,Educ,SES,MMSE,CDR\nOAS1_0003_MR1,F,R,73,4,3,27,0.5\n"
+    )
+    fetch(served, tmp_path / "dl", [1, 2], with_metadata=True)
+    summary = prepare_oasis1(
+        tmp_path / "dl", tmp_path / "slices", size=16, fractions=(1 / 3, 1 / 3, 1 / 3)
+    )
+    assert summary["subjects"] == {"train": 1, "validate": 1, "test": 1}
+    assert summary["slices"] == summary["seg_slices"]
+    labels = (tmp_path / "slices" / "labels.csv").read_text().splitlines()
+    assert any(
+        line.startswith("0003,OAS1_0003_MR1,") and line.endswith(",73,F,27,0.5") for line in labels
+    )

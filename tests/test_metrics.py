@@ -179,3 +179,13 @@ def test_ssim_is_differentiable_even_after_inference_mode() -> None:
     xr = x.clone().requires_grad_()
     (1 - M.ssim(xr, (x + 0.1).clamp(0, 1))).mean().backward()
     assert xr.grad is not None and torch.isfinite(xr.grad).all() and xr.grad.abs().sum() > 0
+
+
+def test_ssim_matches_pytorch_msssim_reference() -> None:
+    import pytorch_msssim
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 1, 64, 80, generator=gen)
+    y = (x + 0.2 * torch.rand(3, 1, 64, 80, generator=gen)).clamp(0, 1)
+    ref = pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False, win_size=11, win_sigma=1.5, K=(0.01, 0.03))
+    assert torch.allclose(M.ssim(x, y), ref, atol=1e-6)

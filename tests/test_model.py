@@ -19,8 +19,19 @@ def test_seed_preset_is_the_reports_table():
     # (C, H, W): Conv 32/32/64/64 stride 2, Conv 128, 1x1 to 16
     assert enc == [(32, 64, 64), (32, 32, 32), (64, 16, 16), (64, 8, 8), (128, 8, 8), (16, 8, 8)]
     dec = _shapes(model.decoder, torch.zeros(1, 16, 8, 8))
-    assert dec == [(128, 8, 8), (64, 16, 16), (64, 32, 32), (32, 64, 64), (32, 128, 128), (1, 128, 128)]
-    assert all(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder if not isinstance(m, torch.nn.ReLU))
+    assert dec == [
+        (128, 8, 8),
+        (64, 16, 16),
+        (64, 32, 32),
+        (32, 64, 64),
+        (32, 128, 128),
+        (1, 128, 128),
+    ]
+    assert all(
+        isinstance(m, torch.nn.ConvTranspose2d)
+        for m in model.decoder
+        if not isinstance(m, torch.nn.ReLU)
+    )
     q = model.cfg.quantizer
     assert (q.codebook_size, q.dim, q.beta) == (16, 16, 0.25)
     assert model.cfg.bits_per_image == 256
@@ -38,7 +49,11 @@ def test_presets_round_trip_and_shapes():
 
 
 def test_required_presets_exist():
-    budget = [c for c in PRESETS.values() if c.name != "seed" and c.grid == 8 and c.quantizer.codebook_size == 16]
+    budget = [
+        c
+        for c in PRESETS.values()
+        if c.name != "seed" and c.grid == 8 and c.quantizer.codebook_size == 16
+    ]
     assert budget, "a 256-bit (8x8, 16 codes) preset beside seed"
     assert any(c.grid == 32 and c.quantizer.codebook_size == 512 for c in PRESETS.values())
 

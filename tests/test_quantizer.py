@@ -4,9 +4,16 @@ from oasisvq.model.quantizer import QuantizerConfig, VectorQuantizer, kmeans
 
 
 def test_nearest_code_and_straight_through():
-    vq = VectorQuantizer(QuantizerConfig(codebook_size=4, dim=2, kmeans_init=False, update="loss")).eval()
+    vq = VectorQuantizer(
+        QuantizerConfig(codebook_size=4, dim=2, kmeans_init=False, update="loss")
+    ).eval()
     vq.embed.data = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    z = torch.tensor([[0.9, 0.1], [0.1, 0.8], [0.6, 0.7], [-0.2, 0.1]]).T.reshape(1, 2, 2, 2).clone().requires_grad_()
+    z = (
+        torch.tensor([[0.9, 0.1], [0.1, 0.8], [0.6, 0.7], [-0.2, 0.1]])
+        .T.reshape(1, 2, 2, 2)
+        .clone()
+        .requires_grad_()
+    )
     zq, codes, _ = vq(z)
     assert codes.flatten().tolist() == [1, 2, 3, 0]
     assert torch.allclose(zq.flatten(2)[0].T, vq.embed.data[[1, 2, 3, 0]])
@@ -39,7 +46,9 @@ def test_kmeans_init_uses_the_data():
 
 def test_ema_moves_codes_to_their_cluster_means():
     torch.manual_seed(0)
-    vq = VectorQuantizer(QuantizerConfig(codebook_size=2, dim=1, kmeans_init=False, decay=0.5, restart_threshold=0)).train()
+    vq = VectorQuantizer(
+        QuantizerConfig(codebook_size=2, dim=1, kmeans_init=False, decay=0.5, restart_threshold=0)
+    ).train()
     vq.embed.copy_(torch.tensor([[-1.0], [1.0]]))
     vq.ema_sum.copy_(vq.embed)
     z = torch.tensor([-3.0, -3.0, 2.0, 2.0]).reshape(1, 1, 4, 1)
@@ -50,7 +59,9 @@ def test_ema_moves_codes_to_their_cluster_means():
 
 def test_dead_codes_are_restarted_from_encoder_outputs():
     torch.manual_seed(0)
-    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, dim=2, kmeans_init=False, decay=0.5)).train()
+    vq = VectorQuantizer(
+        QuantizerConfig(codebook_size=8, dim=2, kmeans_init=False, decay=0.5)
+    ).train()
     vq.embed.copy_(torch.full((8, 2), 100.0))
     vq.embed[0] = 0.0
     vq.ema_sum.copy_(vq.embed)

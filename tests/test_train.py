@@ -31,7 +31,14 @@ def test_train_writes_history_checkpoint_and_plots(tiny_tree: Path, tmp_path: Pa
     assert _train(tiny_tree, run, "--epochs", "2") == 0
     rows = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "train_codes_used", "train_perplexity", "val_ssim", "val_psnr", "val_codes_used"):
+    for key in (
+        "train_loss",
+        "train_codes_used",
+        "train_perplexity",
+        "val_ssim",
+        "val_psnr",
+        "val_codes_used",
+    ):
         assert key in rows[-1]
     assert (run / "history.csv").read_text().count("\n") == 3
     assert (run / "curves.png").stat().st_size > 1000
@@ -66,12 +73,29 @@ def test_run_dir_is_never_overwritten(tiny_tree: Path, tmp_path: Path, capsys):
 
 
 def test_unknown_preset_and_wrong_preset_on_resume(tiny_tree: Path, tmp_path: Path, capsys):
-    assert main(["train", "--data", str(tiny_tree), "--out", str(tmp_path / "x"), "--preset", "nope"]) == 2
+    assert (
+        main(["train", "--data", str(tiny_tree), "--out", str(tmp_path / "x"), "--preset", "nope"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "nope" in err and len(err.splitlines()) == 1
     run = tmp_path / "run"
     assert _train(tiny_tree, run, "--epochs", "1") == 0
-    assert main(["train", "--data", str(tiny_tree), "--out", str(run), "--preset", "compact", "--resume"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_tree),
+                "--out",
+                str(run),
+                "--preset",
+                "compact",
+                "--resume",
+            ]
+        )
+        == 2
+    )
     assert "seed" in capsys.readouterr().err
 
 
@@ -86,7 +110,9 @@ def test_checkpoint_from_another_preset_is_refused(tiny_tree: Path, tmp_path: Pa
         checkpoint.load_weights(checkpoint.latest(run), VQVAE(get_preset("compact")))
 
 
-def test_interrupted_checkpoint_write_leaves_previous_one(tiny_tree: Path, tmp_path: Path, monkeypatch):
+def test_interrupted_checkpoint_write_leaves_previous_one(
+    tiny_tree: Path, tmp_path: Path, monkeypatch
+):
     run = tmp_path / "run"
     assert _train(tiny_tree, run, "--epochs", "1") == 0
     before = checkpoint.latest(run)
@@ -105,9 +131,32 @@ def test_evaluate_reconstruct_and_api(tiny_tree: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     assert _train(tiny_tree, run, "--epochs", "1") == 0
     out_json = tmp_path / "eval.json"
-    assert main(["evaluate", str(run), "--data", str(tiny_tree), "--split", "test", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--data",
+                str(tiny_tree),
+                "--split",
+                "test",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out_json.read_text())
-    for key in ("n_images", "ssim_mean", "ssim_std", "ms_ssim_mean", "psnr_mean", "codes_used", "codebook_size", "bits_per_image"):
+    for key in (
+        "n_images",
+        "ssim_mean",
+        "ssim_std",
+        "ms_ssim_mean",
+        "psnr_mean",
+        "codes_used",
+        "codebook_size",
+        "bits_per_image",
+    ):
         assert key in r
     assert r["n_images"] == 8 and r["codebook_size"] == 16 and r["bits_per_image"] == 4 * 4
     assert (run / "eval-test" / "reconstructions.png").stat().st_size > 1000
@@ -133,7 +182,14 @@ def test_presets_json(capsys):
     names = {r["name"] for r in rows}
     assert {"seed", "compact", "hifi"} <= names
     for r in rows:
-        assert set(r) >= {"name", "grid", "codebook_size", "bits_per_image", "params", "default_epochs"}
+        assert set(r) >= {
+            "name",
+            "grid",
+            "codebook_size",
+            "bits_per_image",
+            "params",
+            "default_epochs",
+        }
         assert r["params"] > 0
 
 

@@ -27,7 +27,8 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -168,23 +169,21 @@ def _say(message: str, verbose: bool) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-class _disk_errors:
-    """Context manager turning ENOSPC and other OS errors on ``path`` into DownloadError."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
-            if exc.errno == errno.ENOSPC:
-                raise DownloadError(
-                    self.path, "disk full (no space left on device); free space and run again"
-                ) from exc
-            if exc.errno is not None:
-                raise DownloadError(self.path, f"cannot write ({exc.strerror})") from exc
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """Turn ENOSPC and other OS write errors on ``path`` into a one-line DownloadError."""
+    try:
+        yield
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DownloadError(
+                path, "disk full (no space left on device); free space and run again"
+            ) from exc
+        if exc.errno is None:
+            raise
+        raise DownloadError(path, f"cannot write ({exc.strerror})") from exc
 
 
 def file_digests(path: Path, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
@@ -233,7 +232,7 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416:
             raise
@@ -533,6 +532,15 @@ def _move_into(tmp: Path, dest: Path) -> list[Path]:
     return moved
 
 
+def is_extracted(name: str, dest: Path, manifest: Manifest, only_needed: bool) -> bool:
+    """True if archive ``name`` was extracted into ``dest`` (as fully as asked) and its
+    top-level folders are still there."""
+    entry = manifest.get(name) or {}
+    wanted = ("needed", "all") if only_needed else ("all",)
+    entries = entry.get("extracted_entries", [])
+    return entry.get("extracted") in wanted and all((dest / e).exists() for e in entries)
+
+
 def extract_archive(
     archive: Path, dest: Path, manifest: Manifest, only_needed: bool, verbose: bool = True
 ) -> list[Path]:
@@ -543,7 +551,7 @@ def extract_archive(
     """
     mode = "needed" if only_needed else "all"
     entry = manifest.get(archive.name) or {}
-    if entry.get("extracted") in (mode, "all"):
+    if is_extracted(archive.name, dest, manifest, only_needed):
         _say(f"{archive.name}: already extracted", verbose)
         return []
     _say(
@@ -560,7 +568,9 @@ def extract_archive(
                 exc.where, exc.reason + "; the archive was removed, run again to download it again"
             ) from exc
         raise
-    manifest.put(archive.name, {**entry, "extracted": mode})
+    manifest.put(
+        archive.name, {**entry, "extracted": mode, "extracted_entries": [p.name for p in moved]}
+    )
     return moved
 
 
@@ -599,6 +609,10 @@ def download_oasis(
     base = base_url or NRG_BASE_URL
     files = []
     for name in names:
+        needed = only_needed and dataset == "oasis1"
+        if extract and not (to / name).exists() and is_extracted(name, to, manifest, needed):
+            _say(f"{name}: already extracted (archive deleted), nothing to do", verbose)
+            continue
         path = download_file(
             _join_url(base, name),
             to / name,
@@ -610,7 +624,7 @@ def download_oasis(
         )
         files.append(path)
         if extract:
-            extract_archive(path, to, manifest, only_needed and dataset == "oasis1", verbose)
+            extract_archive(path, to, manifest, needed, verbose)
     if with_metadata:
         url = _join_url(meta_url or OASIS_FILES_URL, spec.metadata)
         files.append(

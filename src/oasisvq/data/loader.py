@@ -80,12 +80,15 @@ def _read(root: Path | None, opts: DataOptions) -> Splits:
     return volumes.load_volume_tree(root, opts)
 
 
+CACHE_VERSION = 1  # bump when decoding, slicing or normalisation changes
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("OASISVQ_CACHE", Path.home() / ".cache" / "oasisvq"))
 
 
 def _cache_key(root: Path | None, opts: DataOptions) -> str:
-    h = hashlib.sha256(json.dumps([str(root), opts.__dict__], default=str).encode())
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, str(root), opts.__dict__], default=str).encode())
     if root is not None:
         for p in sorted(root.rglob("*")):
             if p.is_file():

@@ -44,7 +44,7 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 def list_split(folder: Path) -> tuple[list[Path], list[str]]:
     """Image files of one split folder and the class name of each ('' if none)."""
-    files, labels = _images_in(folder), []
+    files = _images_in(folder)
     labels = [""] * len(files)
     for cls in _class_dirs(folder):
         found = _images_in(cls)

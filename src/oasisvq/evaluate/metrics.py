@@ -86,24 +86,39 @@ def _window(size: int, channels: int, device: torch.device) -> Tensor:
         return g.to(device)
 
 
+@functools.lru_cache(maxsize=32)
+def _band(n: int, device: torch.device) -> Tensor:
+    """``(n, n - 10)`` fp32 matrix whose column j holds the 11-tap Gaussian at rows
+    j..j+10: ``maps @ band`` is the valid 1-D Gaussian filter along the last axis."""
+    with torch.inference_mode(False), torch.no_grad():
+        g = _window(SSIM_WIN_SIZE, 1, torch.device("cpu")).flatten()
+        band = torch.zeros(n, n - SSIM_WIN_SIZE + 1)
+        for j in range(band.shape[1]):
+            band[j : j + SSIM_WIN_SIZE, j] = g
+        return band.to(device)
+
+
 def ssim(x: Tensor, y: Tensor) -> Tensor:
     """SSIM per image (project definition, see module docstring).
 
     x, y: ``(B, C, H, W)`` in ``[0, 1]`` with ``H, W >= 11``. Returns ``(B,)`` fp32
     in ``[-1, 1]``; identical images give 1.
+
+    The separable valid Gaussian filter runs as two matrix products with banded
+    matrices (several times faster on CPU than depthwise convolutions, and the same
+    numbers as ``pytorch_msssim.ssim`` to float precision: the tests check both).
     """
     x, y = _pair(x, y)
     if min(x.shape[-2:]) < SSIM_WIN_SIZE:
         raise ValueError(f"SSIM needs H, W >= {SSIM_WIN_SIZE}, got {tuple(x.shape[-2:])}")
-    return pytorch_msssim.ssim(
-        x,
-        y,
-        data_range=1.0,
-        size_average=False,
-        win=_window(SSIM_WIN_SIZE, x.shape[1], x.device),
-        K=SSIM_K,
-        nonnegative_ssim=False,
-    )
+    h, w = x.shape[-2:]
+    maps = torch.stack([x, y, x * x, y * y, x * y], 1)  # (B, 5, C, H, W)
+    maps = _band(h, x.device).t() @ (maps @ _band(w, x.device))  # (B, 5, C, H-10, W-10)
+    mx, my, xx, yy, xy = maps.unbind(1)
+    c1, c2 = SSIM_K[0] ** 2, SSIM_K[1] ** 2
+    var_x, var_y, cov = xx - mx * mx, yy - my * my, xy - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
+    return s.flatten(1).mean(1)
 
 
 def ms_ssim(x: Tensor, y: Tensor) -> Tensor:

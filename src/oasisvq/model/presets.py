@@ -80,15 +80,15 @@ PRESETS: dict[str, VQVAEConfig] = {
             name="hifi",
             arch="resnet",
             description="High fidelity: 32x32 grid, 512 codes (1152 bytes per image).",
-            widths=(48, 96),
+            widths=(32, 64),
             blocks=(1, 2),
             mid_blocks=1,
             quantizer=QuantizerConfig(codebook_size=512, dim=32),
             loss="mse+ssim",
-            ssim_weight=0.5,
+            ssim_weight=0.6,
             lr=2e-3,
             batch_size=32,
-            default_epochs=20,
+            default_epochs=25,
         ),
     ]
 }

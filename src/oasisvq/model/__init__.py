@@ -1,0 +1,1 @@
+"""Model: quantizer, encoder/decoder networks, the VQ-VAE and its presets."""

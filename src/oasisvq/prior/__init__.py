@@ -1,0 +1,5 @@
+"""Priors over VQ-VAE code grids: the report's PixelCNN and a transformer; training and loading."""
+
+from oasisvq.prior.registry import PRIORS, PriorConfig, build_prior, get_prior_config
+
+__all__ = ["PRIORS", "PriorConfig", "build_prior", "get_prior_config"]

@@ -1,0 +1,1 @@
+"""New brains: sample code grids from a run's prior and decode them (``sample_images``)."""

@@ -1,0 +1,1 @@
+"""Train: the one training engine (shared by VQ-VAE and priors), checkpoints, history."""
