@@ -423,7 +423,7 @@ def _fetch_with_retries(url: str, part: Path, retries: int, timeout: float, verb
             if attempt == retries:
                 raise DownloadError(exc.where, exc.reason) from exc
             wait = min(2.0**attempt, 30.0)
-            _say(f"{exc}; resuming in {wait:.0f} s", verbose)
+            _say(f"{exc.where}: {exc.reason.split(';')[0]}; resuming in {wait:.0f} s", verbose)
             time.sleep(wait)
 
 

@@ -184,7 +184,9 @@ def slice_session(session: Session, size: int, fit: str) -> tuple[np.ndarray, np
             session.seg,
             f"shape {seg.shape} differs from its image {session.image.name} {vol.shape}",
         )
-    return images, seg_slices(seg, seg_affine, indices, size, fit)
+    if not np.allclose(seg_affine, affine, atol=1e-2):
+        raise DataError(session.seg, f"orientation differs from its image {session.image.name}")
+    return images, seg_slices(seg, affine, indices, size, fit)
 
 
 # --------------------------------------------------------------------------- writing
@@ -225,18 +227,8 @@ def write_labels(path: Path, sessions: list[Session], splits: dict[str, str]) ->
         writer = csv.writer(fh)
         writer.writerow(LABEL_COLUMNS)
         for s in sessions:
-            c = s.clinical
-            writer.writerow(
-                [
-                    s.subject,
-                    s.session,
-                    splits[s.subject],
-                    c.get("age", ""),
-                    c.get("sex", ""),
-                    c.get("mmse", ""),
-                    c.get("cdr", ""),
-                ]
-            )
+            clinical = [s.clinical.get(column, "") for column in LABEL_COLUMNS[3:]]
+            writer.writerow([s.subject, s.session, splits[s.subject], *clinical])
 
 
 def _check_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:

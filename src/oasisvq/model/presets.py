@@ -88,7 +88,7 @@ PRESETS: dict[str, VQVAEConfig] = {
             ssim_weight=0.6,
             lr=2e-3,
             batch_size=32,
-            default_epochs=25,
+            default_epochs=28,
         ),
     ]
 }

@@ -79,8 +79,9 @@ class ConditionEmbedding(nn.Module):
             u = ((value - self.cfg.age_mean) / self.cfg.age_std + 3) / 6
         else:
             u = value
-        u = torch.where(known, u, torch.zeros_like(u)).float()
-        emb = getattr(self, key)(_fourier(u))
+        layer = getattr(self, key)
+        u = torch.where(known, u, torch.zeros_like(u)).to(layer.weight.dtype)
+        emb = layer(_fourier(u))
         return torch.where(known[:, None], emb, getattr(self, f"{key}_unknown").to(emb.dtype))
 
     def forward(self, cond: Cond | None, batch: int) -> Tensor:
@@ -93,7 +94,7 @@ class ConditionEmbedding(nn.Module):
             out = out + self.cls(torch.where(known, c, torch.full_like(c, self.n_classes)))
         for key, short in (("position", "pos"), ("age", "age")):
             if key in self.cfg.condition:
-                v = cond.get(short, torch.full((batch,), math.nan, device=device)).float()
+                v = cond.get(short, torch.full((batch,), math.nan, device=device))
                 out = out + self._scalar(key, v)
         return out
 

@@ -87,7 +87,7 @@ def encode_images(vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_
     out = []
     with torch.autocast(device.type, enabled=False):
         for s in range(0, len(images), batch_size):
-            x = to_unit(torch.from_numpy(np.asarray(images[s : s + batch_size])).unsqueeze(1), device)
+            x = to_unit(torch.from_numpy(np.array(images[s : s + batch_size], np.uint8)).unsqueeze(1), device)
             out.append(vqvae.encode(x).cpu())
     vqvae.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0, vqvae.cfg.grid, vqvae.cfg.grid), np.int64)

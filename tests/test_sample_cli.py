@@ -1,0 +1,208 @@
+"""End to end on a tiny VQ-VAE run: train-prior (cached codes, resume), priors, sample,
+the ``model.sample`` API and evaluate-samples."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import oasisvq
+from oasisvq import cli, cli_prior
+from oasisvq.data.loader import DataOptions, load_splits
+from oasisvq.model.presets import VQVAEConfig
+from oasisvq.model.quantizer import QuantizerConfig
+from oasisvq.model.vqvae import VQVAE
+from oasisvq.train import checkpoint
+from oasisvq.train.config import TrainConfig
+
+SIZE, K = 128, 8
+SMALL = ["--option", "d_model=32", "--option", "n_layers=1", "--option", "n_heads=2"]
+FAST = ["--device", "cpu", "--amp", "off", "--batch-size", "8"]
+
+
+def _run_cli(*argv: str) -> int:
+    """``oasisvq ARGV`` with this module's commands registered (whether or not cli.py lists them)."""
+    extra = cli._extra_commands
+    if not any(getattr(f, "__module__", "") == "oasisvq.cli_prior" for f in extra()):
+        cli._extra_commands = lambda: [*extra(), cli_prior.add_parsers]
+        try:
+            return cli.main(list(argv))
+        finally:
+            cli._extra_commands = extra
+    return cli.main(list(argv))
+
+
+def _brain(rng: np.random.Generator, cls: int) -> np.ndarray:
+    yy, xx = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
+    head = (xx**2 / 0.7 + yy**2 / 0.85 < 1).astype(np.float32) * 0.6
+    r = 0.1 + 0.08 * cls + 0.03 * rng.random()
+    ventricle = (xx**2 + (yy + 0.1) ** 2 < r**2).astype(np.float32) * 0.5
+    img = head - ventricle + 0.05 * rng.standard_normal((SIZE, SIZE))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _make_data(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("validate", 6)):
+        for c, name in enumerate(("A", "B")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_brain(rng, c)).save(folder / f"{name}{i}.png")
+
+
+def _make_vqvae_run(run: Path, data_root: Path) -> None:
+    cfg = VQVAEConfig(name="tiny", arch="seed", image_size=SIZE, widths=(4, 4, 8, 8), quantizer=QuantizerConfig(codebook_size=K, dim=4))
+    torch.manual_seed(0)
+    model = VQVAE(cfg)
+    opts = DataOptions(size=SIZE)
+    images = load_splits(data_root, opts)["train"].images
+    model.train()
+    model(torch.from_numpy(np.asarray(images[:32])).float()[:, None] / 255)  # k-means initialises the codebook
+    config = {
+        "kind": "vqvae",
+        "model": cfg.to_dict(),
+        "train": TrainConfig(epochs=1, batch_size=8, lr=1e-3).to_dict(),
+        "data": dataclasses.asdict(opts),
+        "data_root": str(data_root),
+    }
+    checkpoint.save(run, "epoch-0001", model.eval(), config, {}, keep=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """A VQ-VAE run over a two-class image tree, with a small transformer prior (2 epochs)."""
+    base = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OASISVQ_CACHE", str(base / "cache"))
+        _make_data(base / "data")
+        _make_vqvae_run(base / "run", base / "data")
+        assert _run_cli("train-prior", str(base / "run"), "--prior", "transformer", "--epochs", "2", *SMALL, *FAST) == 0
+        yield base
+
+
+def test_train_prior_writes_a_run(tiny: Path) -> None:
+    run = tiny / "run" / "priors" / "transformer"
+    for f in ("history.csv", "curves.png", "config.json", "checkpoints/LATEST"):
+        assert (run / f).exists(), f
+    saved = checkpoint.read_config(run)
+    assert saved["kind"] == "prior" and saved["prior"]["grid"] == [8, 8] and saved["prior"]["codebook_size"] == K
+    rows = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 < r["val_loss_bits_per_image"] for r in rows)
+    # the cached codes are the VQ-VAE's codes of the training split
+    with np.load(tiny / "run" / "priors" / "codes_train.npz") as z:
+        cached = z["codes"]
+    images = load_splits(tiny / "data", DataOptions(size=SIZE))["train"].images
+    model = oasisvq.load(tiny / "run")
+    assert np.array_equal(cached, model.encode(np.asarray(images, np.float32) / 255).numpy())
+
+
+def test_codes_are_encoded_once(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("codes were encoded again")
+
+    monkeypatch.setattr("oasisvq.prior.data.encode_images", boom)
+    args = ["train-prior", str(tiny / "run"), "--prior", "pixelcnn-seed-code", "--epochs", "1", "--option", "filters=16", *FAST]
+    assert _run_cli(*args) == 0
+    assert (tiny / "run" / "priors" / "pixelcnn-seed-code" / "checkpoints" / "LATEST").exists()
+
+
+def test_resume_a_prior_run(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
+    base = ["train-prior", str(tiny / "run"), "--prior", "transformer", "--name", "resumed", *SMALL, *FAST]
+    assert _run_cli(*base, "--epochs", "1") == 0
+    assert _run_cli(*base, "--epochs", "1") == 2  # exists: needs --resume or --force
+    assert _run_cli(*base, "--epochs", "2", "--resume") == 0
+    rows = json.loads((tiny / "run" / "priors" / "resumed" / "history.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (tiny / "run" / "priors" / "resumed" / "checkpoints" / "epoch-0002").is_dir()
+
+
+def test_sample_writes_png_npy_and_figure(tiny: Path) -> None:
+    out = tiny / "samples"
+    assert _run_cli("sample", str(tiny / "run"), "--prior", "transformer", "--n", "5", "--out", str(out), "--seed", "3", "--device", "cpu") == 0
+    pngs = sorted((out / "images").glob("*.png"))
+    assert len(pngs) == 5
+    codes = np.load(out / "codes.npy")
+    assert codes.shape == (5, 8, 8) and codes.min() >= 0 and codes.max() < K
+    assert (out / "samples.png").stat().st_size > 2000 and json.loads((out / "sample.json").read_text())["n"] == 5
+    # the PNG files are the decoded codes
+    model = oasisvq.load(tiny / "run")
+    decoded = np.round(model.decode(codes).numpy() * 255).astype(np.uint8)
+    assert np.abs(np.asarray(Image.open(pngs[2])).astype(int) - decoded[2]).max() <= 1
+    # the same seed gives the same samples, another seed others
+    again = tiny / "again"
+    assert _run_cli("sample", str(tiny / "run"), "--prior", "transformer", "--n", "5", "--out", str(again), "--seed", "3", "--device", "cpu") == 0
+    assert np.array_equal(np.load(again / "codes.npy"), codes)
+    other = tiny / "other"
+    assert _run_cli("sample", str(tiny / "run"), "--prior", "transformer", "--n", "5", "--out", str(other), "--seed", "4", "--device", "cpu") == 0
+    assert not np.array_equal(np.load(other / "codes.npy"), codes)
+
+
+def test_model_sample_api(tiny: Path) -> None:
+    from oasisvq.sample.sampler import sample_images
+
+    model = oasisvq.load(tiny / "run")
+    images = model.sample(3, prior="transformer", seed=1, temperature=0.8, top_k=4)
+    assert images.shape == (3, SIZE, SIZE) and images.dtype == torch.float32
+    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    again, codes = sample_images(model, 3, prior="transformer", seed=1, temperature=0.8, top_k=4)
+    assert torch.equal(images, again) and codes.shape == (3, 8, 8)
+    torch.testing.assert_close(model.decode(codes), images)
+
+
+def test_conditional_prior_cli(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
+    run = str(tiny / "run")
+    assert _run_cli("train-prior", run, "--prior", "transformer", "--name", "by-class", "--condition", "class", "--epochs", "1", *SMALL, *FAST) == 0
+    saved = checkpoint.read_config(tiny / "run" / "priors" / "by-class")
+    assert saved["prior"]["condition"] == ["class"] and saved["prior"]["class_names"] == ["A", "B"]
+    out = tiny / "class-b"
+    assert _run_cli("sample", run, "--prior", "by-class", "--class", "B", "--n", "2", "--out", str(out), "--device", "cpu") == 0
+    assert len(list((out / "images").glob("*.png"))) == 2
+    assert _run_cli("sample", run, "--prior", "by-class", "--class", "Z", "--n", "2", "--out", str(out)) == 2
+    assert _run_cli("sample", run, "--prior", "transformer", "--class", "A", "--n", "2", "--out", str(out)) == 2
+    assert _run_cli("sample", run, "--prior", "nope", "--n", "2", "--out", str(out)) == 2
+    # the data has no slice positions
+    assert _run_cli("train-prior", run, "--name", "by-pos", "--condition", "position", "--epochs", "1", *SMALL, *FAST) == 2
+
+
+def test_priors_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_cli("priors", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in rows]
+    assert {"pixelcnn-seed", "pixelcnn-seed-code", "transformer"} <= set(names)
+    assert all(r["description"] for r in rows)
+
+
+def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
+    out = tiny / "eval.json"
+    args = ["evaluate-samples", str(tiny / "run"), "--prior", "by-class", "--n", "12", "--json", str(out), "--feature-epochs", "1", "--device", "cpu"]
+    if not (tiny / "run" / "priors" / "by-class").exists():
+        pytest.skip("needs the conditional prior of test_conditional_prior_cli")
+    assert _run_cli(*args) == 0
+    r = json.loads(out.read_text())
+    for key in (
+        "nll_bits_per_image", "uniform_bits_per_image", "nn_ssim_mean", "memorised_share", "diversity_ms_ssim_samples",
+        "diversity_ms_ssim_real", "frechet_distance", "frechet_distance_real_vs_real",
+        "nll_bits_per_image_wrong_condition", "class_agreement_samples", "sample_class_share",
+    ):
+        assert key in r, key
+    assert r["split"] == "validate" and r["uniform_bits_per_image"] == pytest.approx(64 * 3)
+    assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
+    assert -1 <= r["nn_ssim_mean"] <= 1 and 0 <= r["diversity_ms_ssim_samples"] <= 1
+    assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
+    figs = Path(r["figures"])
+    assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()
+    # the feature network is trained once and then reused
+    assert any((tiny / "run" / "features").iterdir())
