@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
-
 from conftest import write_tree
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available() or not dist.is_gloo_available(),
@@ -30,15 +29,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-# seed preset at 128 px (MS-SSIM validation needs > 96 px), 32 training images: 4 steps/epoch
-TRAIN = ["train", "--preset", "seed", "--size", "128", "--batch-size", "8", "--amp", "off", "--device", "cpu", "--seed", "0"]
+# seed preset at 64 px (a 4x4 code grid), 32 training images: 4 steps of 8 images per epoch
+TRAIN = ["train", "--preset", "seed", "--size", "64", "--batch-size", "8", "--amp", "off", "--device", "cpu", "--seed", "0"]
 TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dist") / "data"
-    return write_tree(root, {"train": 32, "validate": 8, "test": 4}, size=128)
+    return write_tree(root, {"train": 32, "validate": 8, "test": 4}, size=64)
 
 
 def _env(probe: Path, cache: Path, **extra: str) -> dict[str, str]:
@@ -126,9 +125,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(data: Path, 
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 
-def test_killed_distributed_run_resumes_mid_epoch_with_one_process(data: Path, tmp_path: Path) -> None:
+def test_killed_distributed_run_resumes_with_another_process_count(data: Path, tmp_path: Path) -> None:
     run, probe, cache, log = tmp_path / "run", tmp_path / "probe", tmp_path / "cache", tmp_path / "two.log"
-    args = [*TRAIN, "--data", str(data), "--epochs", "3", "--checkpoint-every", "1", "--out", str(run)]
+    args = [*TRAIN, "--data", str(data), "--epochs", "2", "--checkpoint-every", "1", "--out", str(run)]
     proc = _start(_torchrun(2, args), _env(probe, cache, OASISVQ_TEST_STEP_DELAY="0.3"), log)
     try:
         deadline = time.monotonic() + TIMEOUT
@@ -149,20 +148,31 @@ def test_killed_distributed_run_resumes_mid_epoch_with_one_process(data: Path, t
     assert killed_at.startswith("epoch-0001-step-"), killed_at
     assert not (run / "history.json").exists() or _epochs(run) == []
 
-    log1 = tmp_path / "resume.log"
-    resumed = _start(_one(["train", "--out", str(run), "--resume"]), _env(probe, cache), log1)
-    _finish(resumed, log1)
-
+    # 2 -> 1 process, mid-epoch
+    log1 = tmp_path / "resume1.log"
+    _finish(_start(_one(["train", "--out", str(run), "--resume"]), _env(probe, cache), log1), log1)
     # the step checkpoint is used as is: the global batch (8) is unchanged, so the
     # remaining steps of the epoch are the same ones on 1 process as on 2
     epoch, step = map(int, (probe / "resumed-0").read_text().split())
     assert epoch == 0 and step == int(killed_at.rsplit("-", 1)[1]) >= 1
+    assert _epochs(run) == [1, 2]
+    assert _latest(run) == "epoch-0002"
+    state = torch.load(run / "checkpoints" / "epoch-0002" / "state.pt", weights_only=False)
+    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (2, 0, 1, 8)
+
+    # 1 -> 2 processes, one more epoch
+    log2 = tmp_path / "resume2.log"
+    more = ["train", "--out", str(run), "--resume", "--epochs", "3"]
+    _finish(_start(_torchrun(2, more), _env(probe, cache), log2), log2)
+    assert [(probe / f"resumed-{r}").read_text() for r in (0, 1)] == ["2 0", "2 0"]
     assert _epochs(run) == [1, 2, 3]
     assert _latest(run) == "epoch-0003"
     state = torch.load(run / "checkpoints" / "epoch-0003" / "state.pt", weights_only=False)
-    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (3, 0, 1, 8)
+    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (3, 0, 2, 8)
     assert [r["epoch"] for r in state["history"]] == [1, 2, 3]
-    assert _rank_state(probe, 0)["world_size"] == 1
+    r0, r1 = _rank_state(probe, 0), _rank_state(probe, 1)
+    for name, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][name]), f"{name} differs between rank 0 and rank 1"
 
 
 def _kill(pid: int) -> None:

@@ -64,7 +64,7 @@ def _make_vqvae_run(run: Path, data_root: Path) -> None:
     opts = DataOptions(size=SIZE)
     images = load_splits(data_root, opts)["train"].images
     model.train()
-    model(torch.from_numpy(np.asarray(images[:32])).float()[:, None] / 255)  # k-means initialises the codebook
+    model(torch.from_numpy(np.array(images[:32])).float()[:, None] / 255)  # k-means initialises the codebook
     config = {
         "kind": "vqvae",
         "model": cfg.to_dict(),
@@ -200,7 +200,7 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert key in r, key
     assert r["split"] == "validate" and r["uniform_bits_per_image"] == pytest.approx(64 * 3)
     assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
-    assert -1 <= r["nn_ssim_mean"] <= 1 and 0 <= r["diversity_ms_ssim_samples"] <= 1
+    assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
     figs = Path(r["figures"])
     assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()

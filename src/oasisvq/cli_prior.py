@@ -246,7 +246,7 @@ def _evaluate_samples_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="held-out split (default: test, else validate)")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     p.add_argument("--out", default=None, help="folder for figures (default RUN/priors/NAME/eval-samples)")
-    p.add_argument("--feature-epochs", type=int, default=8, help="epochs of the feature network (trained once)")
+    p.add_argument("--feature-epochs", type=int, default=6, help="epochs of the feature network (trained once)")
     _sampling_options(p)
     p.set_defaults(func=_cmd_evaluate_samples)
 

@@ -56,7 +56,7 @@ class FeatureNet(nn.Module):
             *block(1, 32, 2),  # 32x32
             *block(32, 64, 2),  # 16x16
             *block(64, 128, 2),  # 8x8
-            *block(128, FEATURE_DIM, 1),
+            *block(128, FEATURE_DIM, 2),  # 4x4
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
@@ -189,8 +189,9 @@ def feature_net(
     data_options: dict,
     train: SliceSet,
     val: SliceSet | None,
-    epochs: int = 8,
+    epochs: int = 6,
     device: str = "auto",
+    batch_size: int = 64,
 ) -> FeatureNet:
     """The feature network of ``data_root``: loaded from ``RUN/features/<key>/`` or trained
     there first (with the shared engine), in eval mode on the CPU."""
@@ -207,7 +208,7 @@ def feature_net(
         elif checkpoint.load_state(ckpt).get("epoch") == epochs:
             checkpoint.load_weights(ckpt, model)
             return model.eval()
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=2e-3, weight_decay=1e-4, device=device, channels_last=False)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=2e-3, weight_decay=1e-4, device=device, channels_last=False)
     config = {
         "kind": "features",
         "task": "rotation (4-way)" + (" + class" if n_classes > 1 else "") + (" + position" if with_position else ""),

@@ -174,7 +174,7 @@ def evaluate_samples(
     batch_size: int | None = None,
     precision: str = "fp32",
     device: str = "auto",
-    feature_epochs: int = 8,
+    feature_epochs: int = 6,
     candidates: int = 16,
     n_pairs: int = 2000,
 ) -> dict:

@@ -218,7 +218,10 @@ class Engine:
             self.step_in_epoch += 1
             rate = n_images * D.world_size() / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{logs['loss'].item():.4f}", img_s=f"{rate:.1f}")
-            if self.cfg.checkpoint_every and self.step_in_epoch % self.cfg.checkpoint_every == 0:
+            every = self.cfg.checkpoint_every
+            # not after the last step: the epoch checkpoint follows (after validation), and a
+            # run resumed there would log an epoch with no training steps of its own
+            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < len(loader):
                 self.save(f"epoch-{self.epoch + 1:04d}-step-{self.step_in_epoch:06d}")
         bar.close()
         seconds = time.perf_counter() - start

@@ -1,0 +1,132 @@
+"""Sampling throughput of every prior, codes decoded to images included; one JSON result.
+
+    python benchmarks/sampling_speed.py --threads 2 --out benchmarks/results/sampling_speed.json
+    python benchmarks/sampling_speed.py --run8 runs/seed --run32 runs/hifi ...   # trained runs
+
+For each prior and each grid (8x8 with 16 codes under the ``seed`` VQ-VAE, 32x32 with
+512 codes under ``hifi``) it draws ``--n8`` / ``--n32`` samples in batches and
+decodes them, and reports images per second (wall clock) beside the CPU time the
+process used: on a busy machine the wall clock measures the other jobs too, while
+``images_per_cpu_second * threads`` estimates the rate on idle cores. Throughput
+does not depend on the weights, so untrained networks are used unless a trained run
+is given. The PixelCNN is timed both naively (the whole grid for every cell) and
+with its receptive-field band; on 32x32 grids fewer PixelCNN samples are drawn
+(``--n32-pixelcnn``) because it is slow, and the rate is per image either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
+from oasisvq.api import VQModel, load  # noqa: E402
+from oasisvq.model.presets import get_preset  # noqa: E402
+from oasisvq.model.vqvae import VQVAE  # noqa: E402
+from oasisvq.prior.registry import PRIORS, build_prior  # noqa: E402
+from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
+
+
+def _vq(run: str | None, preset: str) -> VQModel:
+    if run:
+        return load(run)
+    torch.manual_seed(0)
+    return VQModel(VQVAE(get_preset(preset)))
+
+
+def _prior(model: VQModel, name: str):
+    cfg = model.config
+    pcfg = dataclasses.replace(PRIORS[name], codebook_size=cfg.quantizer.codebook_size, grid=(cfg.grid, cfg.grid))
+    torch.manual_seed(0)
+    return build_prior(pcfg).eval()
+
+
+def _time(model: VQModel, prior, n: int, precision: str, **sample_kw: object) -> dict:
+    """Draw and decode ``n`` images once (after a small warm-up); wall and CPU seconds."""
+    kw = dict(sample_kw)
+    window = kw.pop("window", None)
+    if window is not None:  # PixelCNN: naive or banded recomputation
+        original = prior.sample
+        prior.sample = lambda *a, **k: original(*a, window=window, **k)  # type: ignore[method-assign]
+    sample_codes(prior, min(n, 4), seed=0, precision=precision)
+    decode_codes(model, torch.zeros(2, *prior.cfg.grid, dtype=torch.long), precision=precision)
+    w0, c0 = time.perf_counter(), time.process_time()
+    codes = sample_codes(prior, n, seed=1, precision=precision, **kw)
+    w1 = time.perf_counter()
+    decode_codes(model, codes, precision=precision)
+    w2, c2 = time.perf_counter(), time.process_time()
+    if window is not None:
+        prior.sample = original  # type: ignore[method-assign]
+    return {
+        "n": n,
+        "seconds": w2 - w0,
+        "sample_seconds": w1 - w0,
+        "decode_seconds": w2 - w1,
+        "cpu_seconds": c2 - c0,
+        "images_per_second": n / (w2 - w0),
+        "images_per_cpu_second": n / max(c2 - c0, 1e-9),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    p.add_argument("--n8", type=int, default=1000)
+    p.add_argument("--n32", type=int, default=64)
+    p.add_argument("--n8-naive", type=int, default=200, help="samples for the naive PixelCNN on 8x8 grids")
+    p.add_argument("--n32-pixelcnn", type=int, default=4)
+    p.add_argument("--priors", default=",".join(PRIORS), help="comma-separated prior names")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    p.add_argument("--run8", default=None, help="a trained 8x8 VQ-VAE run (default: untrained seed preset)")
+    p.add_argument("--run32", default=None, help="a trained 32x32 VQ-VAE run (default: untrained hifi preset)")
+    p.add_argument("--skip32", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/sampling_speed.json")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    results = []
+    grids = [("8x8", args.run8, "seed", args.n8)] + ([] if args.skip32 else [("32x32", args.run32, "hifi", args.n32)])
+    load_before = os.getloadavg()
+    for grid, run, preset, n in grids:
+        model = _vq(run, preset)
+        for name in args.priors.split(","):
+            prior = _prior(model, name)
+            modes: list[tuple[str, int, dict]] = [("cached" if prior.cfg.arch == "transformer" else "band", n, {})]
+            if prior.cfg.arch == "pixelcnn":
+                modes = [("band", n if grid == "8x8" else args.n32_pixelcnn, {"window": True})]
+                if grid == "8x8":
+                    modes.append(("naive", args.n8_naive, {"window": False}))
+            for precision in args.precision.split(","):
+                for mode, count, kw in modes:
+                    r = _time(model, prior, count, precision, **kw)
+                    row = {"prior": name, "grid": grid, "codebook_size": prior.cfg.codebook_size, "mode": mode, "precision": precision, **r}
+                    row["seconds_per_1000"] = 1000 / r["images_per_second"]
+                    row["idle_estimate_seconds_per_1000"] = 1000 / (r["images_per_cpu_second"] * args.threads)
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    out = {
+        "benchmark": "sampling_speed",
+        "note": "images per second include decoding codes to images; untrained weights unless a run is given",
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
