@@ -36,10 +36,12 @@ import argparse
 import io
 import json
 import math
+import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -121,15 +123,20 @@ def quality(original: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, np.n
     ssim, psnr = [], []
     with torch.no_grad():
         for s in range(0, len(original), METRIC_BATCH):
-            x = torch.from_numpy(np.asarray(original[s : s + METRIC_BATCH], np.float32) / 255.0)[:, None]
-            y = torch.from_numpy(np.asarray(decoded[s : s + METRIC_BATCH], np.float32) / 255.0)[:, None]
+            x = torch.from_numpy(np.asarray(original[s : s + METRIC_BATCH], np.float32) / 255.0)[
+                :, None
+            ]
+            y = torch.from_numpy(np.asarray(decoded[s : s + METRIC_BATCH], np.float32) / 255.0)[
+                :, None
+            ]
             ssim.append(metrics.ssim(y, x).double())
             psnr.append(metrics.psnr(y, x).double())
     return torch.cat(ssim).numpy(), torch.cat(psnr).numpy()
 
 
-def sweep_codec(images: np.ndarray, name: str) -> list[dict]:
-    """Every setting of codec ``name`` on ``images (N, S, S) uint8``: one row each."""
+def sweep_codec(images: np.ndarray, name: str, workers: int = 1) -> list[dict]:
+    """Every setting of codec ``name`` on ``images (N, S, S) uint8``, coded by ``workers``
+    threads: one row each."""
     param, values, make = CODECS[name]
     rows = []
     for v in values:
@@ -138,8 +145,10 @@ def sweep_codec(images: np.ndarray, name: str) -> list[dict]:
         sizes = np.empty(len(images), np.int64)
         headers = np.empty(len(images), np.int64)
         decoded = np.empty_like(np.asarray(images))
-        for i, im in enumerate(images):
-            sizes[i], headers[i], decoded[i] = roundtrip(np.asarray(im), opts)
+        with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while coding
+            done = pool.map(roundtrip, list(images), [opts] * len(images))
+            for i, (size, header, image) in enumerate(done):
+                sizes[i], headers[i], decoded[i] = size, header, image
         ssim, psnr = quality(images, decoded)
         rows.append(
             {
@@ -158,24 +167,30 @@ def sweep_codec(images: np.ndarray, name: str) -> list[dict]:
                 "pillow_options": {k: val for k, val in opts.items() if k != "format"},
             }
         )
-        print(f"{name:10s} {param}={v:<6} {rows[-1]['bytes_mean']:8.1f} B  SSIM {rows[-1]['ssim_mean']:.4f}  "
-              f"PSNR {rows[-1]['psnr_mean']:.2f}", file=sys.stderr)
+        print(
+            f"{name:10s} {param}={v:<6} {rows[-1]['bytes_mean']:8.1f} B  SSIM {rows[-1]['ssim_mean']:.4f}  "
+            f"PSNR {rows[-1]['psnr_mean']:.2f}",
+            file=sys.stderr,
+        )
     return rows
 
 
-def lossless_reference(images: np.ndarray) -> dict:
+def lossless_reference(images: np.ndarray, workers: int = 1) -> dict:
     """Mean bytes per image of lossless PNG (optimised) and lossless WebP."""
     out = {}
     for name, opts in (
         ("PNG", {"format": "PNG", "optimize": True}),
         ("WebP lossless", {"format": "WEBP", "lossless": True, "quality": 100, "method": 6}),
     ):
-        sizes = []
-        for im in images:
+
+        def encoded_size(im: np.ndarray, opts: dict = opts) -> int:
             buf = io.BytesIO()
             Image.fromarray(np.asarray(im), mode="L").save(buf, **opts)
-            sizes.append(buf.tell())
-        out[name] = {"bytes_mean": float(np.mean(sizes))}
+            return buf.tell()
+
+        with ThreadPoolExecutor(workers) as pool:
+            sizes = list(pool.map(encoded_size, images))
+        out[name] = {"bytes_mean": float(np.mean(sizes)), "pillow_options": opts}
     out["raw uint8"] = {"bytes_mean": float(images[0].size)}
     return out
 
@@ -200,7 +215,11 @@ def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) ->
     out: list[dict] = []
     names = trained_priors(run_dir)
     root = run_dir / "priors"
-    extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names) if root.is_dir() else []
+    extra = (
+        sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names)
+        if root.is_dir()
+        else []
+    )
     codes = None
     for name in names + extra:
         row: dict = {"prior": name}
@@ -209,12 +228,21 @@ def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) ->
                 raise FileNotFoundError("no checkpoint")
             prior, saved = load_prior(run_dir, name, device)
             if codes is None:
-                codes = CodeSet(encode_images(vqvae, slices.images, device), slices.classes, slices.positions, slices.ages)
+                codes = CodeSet(
+                    encode_images(vqvae, slices.images, device),
+                    slices.classes,
+                    slices.positions,
+                    slices.ages,
+                )
             nll = nll_per_image(prior, codes, device)
+            from oasisvq.train import checkpoint
+
             row.update(
                 source="computed",
                 split=split,
                 arch=saved["prior"].get("arch"),
+                checkpoint=checkpoint.latest(root / name).name,
+                epochs_planned=saved.get("train", {}).get("epochs"),
                 nll_bits_per_image=float(nll.mean()),
                 nll_bits_per_image_std=float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
             )
@@ -226,7 +254,11 @@ def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) ->
             r = json.loads(saved_eval.read_text())
             if "nll_bits_per_image" not in r:
                 continue
-            row.update(source=str(saved_eval), split=r.get("split"), nll_bits_per_image=float(r["nll_bits_per_image"]))
+            row.update(
+                source=str(saved_eval),
+                split=r.get("split"),
+                nll_bits_per_image=float(r["nll_bits_per_image"]),
+            )
         row["nll_bytes_per_image"] = row["nll_bits_per_image"] / 8
         out.append(row)
     return out
@@ -254,8 +286,11 @@ def measure_run(run: str, data: str | None, split: str, device: torch.device) ->
         "eval_seconds": seconds,
         "priors": prior_nll(run_dir, slices, split, model, device),
     }
-    print(f"{row['label']}: {row['bytes_per_image']:.0f} B  SSIM {row['ssim_mean']:.4f}  PSNR {row['psnr_mean']:.2f}"
-          f"  priors: {[(p['prior'], round(p['nll_bytes_per_image'], 1)) for p in row['priors']]}", file=sys.stderr)
+    print(
+        f"{row['label']}: {row['bytes_per_image']:.0f} B  SSIM {row['ssim_mean']:.4f}  PSNR {row['psnr_mean']:.2f}"
+        f"  priors: {[(p['prior'], round(p['nll_bytes_per_image'], 1)) for p in row['priors']]}",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -269,25 +304,53 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (name, rows), style in zip(result["codecs"].items(), ("o-", "s-", "^-"), strict=False):
-        ax.plot([r["bytes_mean"] for r in rows], [r["ssim_mean"] for r in rows], style, ms=4, lw=1.5, label=name)
+        ax.plot(
+            [r["bytes_mean"] for r in rows],
+            [r["ssim_mean"] for r in rows],
+            style,
+            ms=4,
+            lw=1.5,
+            label=name,
+        )
     markers = iter(("*", "D", "P", "X", "h", "p", "v", "<", ">"))
     for run in result["runs"]:
         m = next(markers, "*")
-        line = ax.plot(run["bytes_per_image"], run["ssim_mean"], m, ms=13, mec="k", label=run["label"])[0]
-        ax.annotate(f"{run['preset']}\n{run['bytes_per_image']:.0f} B", (run["bytes_per_image"], run["ssim_mean"]),
-                    textcoords="offset points", xytext=(8, -14), fontsize=8)
+        line = ax.plot(
+            run["bytes_per_image"], run["ssim_mean"], m, ms=13, mec="k", label=run["label"]
+        )[0]
+        ax.annotate(
+            f"{run['preset']}\n{run['bytes_per_image']:.0f} B",
+            (run["bytes_per_image"], run["ssim_mean"]),
+            textcoords="offset points",
+            xytext=(8, -14),
+            fontsize=8,
+        )
         for p in run["priors"]:
             b = p["nll_bytes_per_image"]
-            ax.plot(b, run["ssim_mean"], m, ms=11, mfc="none", mec=line.get_color(), mew=2,
-                    label=f"{run['preset']} + prior {p['prior']} (NLL)")
-            ax.annotate("", (b, run["ssim_mean"]), (run["bytes_per_image"], run["ssim_mean"]),
-                        arrowprops={"arrowstyle": "->", "color": line.get_color(), "lw": 1})
+            ax.plot(
+                b,
+                run["ssim_mean"],
+                m,
+                ms=11,
+                mfc="none",
+                mec=line.get_color(),
+                mew=2,
+                label=f"{run['preset']} + prior {p['prior']} (NLL)",
+            )
+            ax.annotate(
+                "",
+                (b, run["ssim_mean"]),
+                (run["bytes_per_image"], run["ssim_mean"]),
+                arrowprops={"arrowstyle": "->", "color": line.get_color(), "lw": 1},
+            )
     ax.set_xscale("log")
     ax.set_xlabel("bytes per image (log scale)")
     ax.set_ylabel("SSIM (project definition)")
     n = result["n_images"]
     size = result["data_options"]["size"]
-    ax.set_title(f"Rate-distortion on {Path(str(result['data'])).name} / {result['split']} ({n} images, {size}x{size})")
+    ax.set_title(
+        f"Rate-distortion on {Path(str(result['data'])).name} / {result['split']} ({n} images, {size}x{size})"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -297,14 +360,21 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=None, help="data root (default: the first run's data root)")
     p.add_argument("--split", default="validate")
     p.add_argument("--runs", nargs="*", default=[], help="VQ-VAE run directories")
     p.add_argument("--size", type=int, default=None, help="image size without runs (default 128)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images (quick checks)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="use only the first N images (quick checks)"
+    )
     p.add_argument("--codecs", nargs="*", default=list(CODECS), choices=list(CODECS))
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="coding threads"
+    )
     p.add_argument("--out", required=True, help="JSON result file")
     p.add_argument("--plot", default=None, help="PNG plot file")
     args = p.parse_args()
@@ -327,7 +397,8 @@ def main() -> int:
         slices = slices.subset(np.arange(min(args.limit, len(slices))))
     images = np.ascontiguousarray(slices.images)
 
-    codecs = {name: sweep_codec(images, name) for name in args.codecs}
+    codecs = {name: sweep_codec(images, name, args.workers) for name in args.codecs}
+    lossless = lossless_reference(images, args.workers)
     runs = []
     for run in args.runs:
         row = measure_run(run, root, args.split, device)
@@ -346,7 +417,8 @@ def main() -> int:
         "libwebp": features.version("webp"),
         "libjpeg": features.version("jpg"),
         "codecs": codecs,
-        "lossless": lossless_reference(images),
+        "lossless": lossless,
+        "workers": args.workers,
         "runs": runs,
         "notes": [
             "codec bytes are real encoded file sizes (JPEG and WebP files with headers; JPEG 2000 "

@@ -46,11 +46,125 @@ def prior_rows() -> list[str]:
     for path in paths:
         r = json.loads(path.read_text())
         rows.append(
-            f"| `{r.get('preset', '?')}` | `{r.get('prior', '?')}` | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}) | "
+            f"| `{r.get('preset', r.get('run', '?'))}` | `{r.get('prior', '?')}` | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}) | "
             f"{r['nn_ssim_mean']:.3f} | {100 * r['memorised_share']:.1f}% | "
             f"{r['diversity_ms_ssim_samples']:.3f} / {r['diversity_ms_ssim_real']:.3f} | "
             f"{r['frechet_distance']:.2f} / {r['frechet_distance_real_vs_real']:.2f} |"
         )
+    return rows
+
+
+def _smallest_reaching(rows: list[dict], ssim: float) -> dict | None:
+    """The smallest setting of a codec sweep whose mean SSIM reaches ``ssim``."""
+    ok = [r for r in rows if r["ssim_mean"] >= ssim]
+    return min(ok, key=lambda r: r["bytes_mean"]) if ok else None
+
+
+def rate_distortion_rows() -> list[str]:
+    """Each VQ-VAE run of rate_distortion.json beside the smallest file every codec needs
+    to reach its SSIM (the sweep's smallest setting with a mean SSIM at least as high)."""
+    path = RESULTS / "rate_distortion.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    codecs = list(r["codecs"])
+    size = r["data_options"]["size"]
+    rows = [
+        "",
+        f"Rate-distortion (`benchmarks/rate_distortion.py`, {Path(str(r['data'])).name}, {r['split']}, "
+        f"{r['n_images']} images at {size}x{size}; bytes are mean real file sizes, codecs at the smallest "
+        "setting of the sweep whose mean SSIM reaches the run's):",
+        "",
+        "| VQ-VAE run | bytes/image (codes) | prior NLL bytes | SSIM | PSNR (dB) | "
+        + " | ".join(f"{c} bytes at that SSIM (PSNR)" for c in codecs)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(codecs),
+    ]
+    for run in r["runs"]:
+        nll = ", ".join(f"{p['nll_bytes_per_image']:.1f} ({p['prior']})" for p in run.get("priors", [])) or "-"
+        cells = []
+        for c in codecs:
+            best = _smallest_reaching(r["codecs"][c], run["ssim_mean"])
+            cells.append("not reached" if best is None else f"{best['bytes_mean']:.0f} ({best['psnr_mean']:.1f})")
+        rows.append(
+            f"| `{run['preset']}` | {run['bytes_per_image']:.0f} | {nll} | {run['ssim_mean']:.3f} | "
+            f"{run['psnr_mean']:.2f} | " + " | ".join(cells) + " |"
+        )
+    smallest = []
+    for c in codecs:
+        low = min(r["codecs"][c], key=lambda x: x["bytes_mean"])
+        smallest.append(f"{low['bytes_mean']:.0f} B at SSIM {low['ssim_mean']:.3f}")
+    rows.append(
+        "| smallest file of each codec | | | | | " + " | ".join(smallest) + " |"
+    )
+    m = r["machine"]
+    rows.append(f"\nPillow {r['pillow']} (OpenJPEG {r['openjpeg']}, libwebp {r['libwebp']}), {m['cpu']}.")
+    return rows
+
+
+def throughput_rows() -> list[str]:
+    """Training and inference images per second of throughput.json, one row per measurement."""
+    path = RESULTS / "throughput.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    rows = [
+        "",
+        f"Throughput (`benchmarks/throughput.py`, synthetic input, {r['timed_steps']} timed steps after "
+        f"{r['warmup_steps']} warm-up, {r['threads']} CPU threads):",
+        "",
+        "| preset | variant | device | train img/s | train img/CPU-s | inference img/s | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        if "error" in row:
+            rows.append(f"| `{row['preset']}` | {row['variant']} | {row['device_type']} | failed | | | |")
+            continue
+        tr, inf = row["train"], row["inference"]
+        train = f"{tr['images_per_second']:.1f}" if tr.get("ok") else "failed"
+        cpu = f"{tr['images_per_cpu_second']:.1f}" if tr.get("ok") and tr.get("images_per_cpu_second") else "-"
+        infer = f"{inf['images_per_second']:.1f}" if inf.get("ok") else "failed"
+        rows.append(
+            f"| `{row['preset']}` | {row['variant']} | {row['device']} | {train} | {cpu} | {infer} | "
+            f"{row['peak_rss_mib']:.0f} |"
+        )
+    return rows
+
+
+def monai_rows() -> list[str]:
+    """Ours beside MONAI's VQ-VAE under the same budget, one pair of rows per monai_*.json."""
+    paths = sorted(RESULTS.glob("monai_*.json"))
+    if not paths:
+        return []
+    rows = [
+        "",
+        "Ours beside `monai.networks.nets.VQVAE` (`benchmarks/monai_peer.py`: same engine, loss, batches "
+        "and budget; evaluated on the same split):",
+        "",
+        "| preset | budget | model | params | SSIM | PSNR (dB) | codes used | train img/s | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for path in paths:
+        r = json.loads(path.read_text())
+        b = r["budget"]
+        budget = f"{b['minutes']:g} min" if "minutes" in b else f"{b['epochs']} epochs"
+        if r.get("train_limit"):
+            budget += f", {r['train_limit']} images"
+        for who in ("ours", "peer"):
+            m = r[who]
+            e, t = m["eval"], m["train"]
+            label = "ours" if who == "ours" else f"MONAI {r['monai']}"
+            if who == "ours" and m.get("run"):
+                label += " (trained run)"
+            rows.append(
+                f"| `{r['preset']}` | {budget} | {label} | {m['params'] / 1e6:.2f} M | {e['ssim_mean']:.3f} | "
+                f"{e['psnr_mean']:.2f} | {e['codes_used']}/{e['codebook_size']} | "
+                f"{fmt(t.get('images_per_second'), '.1f')} | {fmt(t.get('peak_rss_mib'), '.0f')} |"
+            )
     return rows
 
 
@@ -60,7 +174,7 @@ def main() -> int:
     if START not in text or END not in text:
         print(f"{readme}: markers {START} / {END} not found", file=sys.stderr)
         return 1
-    table = "\n".join(quality_rows() + prior_rows())
+    table = "\n".join(quality_rows() + prior_rows() + rate_distortion_rows() + throughput_rows() + monai_rows())
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{table}\n{END}{tail}")

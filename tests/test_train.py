@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,11 @@ def test_deterministic_and_resume_equals_uninterrupted(tiny_tree: Path, tmp_path
     assert _train(tiny_tree, b, "--epochs", "2") == 0
     wa, wb = _weights(a), _weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
-    assert _train(tiny_tree, c, "--epochs", "1") == 0
+    # a run that stopped after epoch 1 (its newest checkpoint is epoch 1) resumes to
+    # exactly the weights of the uninterrupted run
+    shutil.copytree(a, c)
+    shutil.rmtree(c / "checkpoints" / "epoch-0002")
+    (c / "checkpoints" / "LATEST").write_text("epoch-0001")
     assert _train(tiny_tree, c, "--epochs", "2", "--resume") == 0
     wc = _weights(c)
     assert all(torch.allclose(wa[k].float(), wc[k].float(), atol=1e-6) for k in wa)

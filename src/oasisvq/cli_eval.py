@@ -18,7 +18,6 @@ def _load(args: argparse.Namespace):
     from oasisvq.train.distributed import pick_device
 
     device = pick_device(args.device)
-    torch.set_grad_enabled(False)
     return load_vqvae(args.run, device), checkpoint.read_config(Path(args.run)), device
 
 

@@ -43,9 +43,10 @@ def run_demo(
 
 
 def _prior_and_samples(run: Path, data: str | None, prior: str, epochs: int, n: int) -> None:
+    from oasisvq.cli import main
     from oasisvq.prior.run import train_prior
-    from oasisvq.sample.sampler import write_samples
 
     train_prior(run, data, prior, epochs=epochs)
-    write_samples(run, run / "samples", n=n, prior=prior, seed=0)
-    print(f"samples in {run / 'samples'}")
+    code = main(["sample", str(run), "--prior", prior, "--n", str(n), "--out", str(run / "samples"), "--seed", "0"])
+    if code != 0:
+        raise RuntimeError(f"sampling from {run} failed (exit {code})")
