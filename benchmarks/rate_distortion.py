@@ -325,13 +325,13 @@ def plot(result: dict, path: Path) -> None:
             xytext=(8, -14),
             fontsize=8,
         )
-        for p in run["priors"]:
+        for p, pm in zip(run["priors"], ("o", "s", "^", "v", "D", "P"), strict=False):
             b = p["nll_bytes_per_image"]
             ax.plot(
                 b,
                 run["ssim_mean"],
-                m,
-                ms=11,
+                pm,
+                ms=9,
                 mfc="none",
                 mec=line.get_color(),
                 mew=2,

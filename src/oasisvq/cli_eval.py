@@ -11,8 +11,6 @@ from PIL import Image
 
 
 def _load(args: argparse.Namespace):
-    import torch
-
     from oasisvq.api import load_vqvae
     from oasisvq.train import checkpoint
     from oasisvq.train.distributed import pick_device
