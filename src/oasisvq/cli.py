@@ -29,6 +29,30 @@ def data_options_from(args: argparse.Namespace, size: int = 128):
     )
 
 
+def engine_options(args: argparse.Namespace) -> dict:
+    """TrainConfig fields shared by `train` and `train-prior`."""
+    return {
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": args.device,
+        "amp": args.amp,
+        "compile": args.compile,
+        "num_workers": args.workers,
+        "checkpoint_every": args.checkpoint_every,
+    }
+
+
+def print_last_epoch(history) -> int:
+    """Print the last epoch's validation scalars as JSON (rank 0 only); return 0."""
+    from oasisvq.train.distributed import is_main
+
+    last = history.rows[-1] if history.rows else {}
+    if is_main():
+        print(json.dumps({k: v for k, v in last.items() if k.startswith("val_") or k == "epoch"}))
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from oasisvq.model.presets import PRESETS
     from oasisvq.model.vqvae import VQVAE, count_params
@@ -79,18 +103,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         force=args.force,
         data_opts=data_options_from(args),
         model_overrides={"codebook_size": args.codebook_size},
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        compile=args.compile,
-        num_workers=args.workers,
-        checkpoint_every=args.checkpoint_every,
+        **engine_options(args),
     )
-    last = history.rows[-1] if history.rows else {}
-    print(json.dumps({k: v for k, v in last.items() if k.startswith("val_") or k == "epoch"}))
-    return 0
+    return print_last_epoch(history)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _cmd_train_prior(args: argparse.Namespace) -> int:
+    from oasisvq.cli import engine_options, print_last_epoch
     from oasisvq.prior.run import train_prior
 
     options = dict(args.option or [])
@@ -53,18 +54,9 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
         force=args.force,
         condition=args.condition,
         options=options,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        compile=args.compile,
-        num_workers=args.workers,
-        checkpoint_every=args.checkpoint_every,
+        **engine_options(args),
     )
-    last = history.rows[-1] if history.rows else {}
-    print(json.dumps({k: v for k, v in last.items() if k.startswith("val_") or k == "epoch"}))
-    return 0
+    return print_last_epoch(history)
 
 
 def _train_prior_parser(sub: argparse._SubParsersAction) -> None:
