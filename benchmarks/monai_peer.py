@@ -207,10 +207,14 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         summary, _ = evaluate_slices(model, val, device)
         eval_seconds = time.perf_counter() - t
     check = None
-    if which == "monai":
-        x = torch.from_numpy(np.asarray(val.images[:16], np.float32) / 255.0)[:, None].to(device)
-        with torch.no_grad():
-            check = bool(torch.equal(model.encode(x), model(x).codes))
+    x = torch.from_numpy(np.asarray(val.images[:16], np.float32) / 255.0)[:, None].to(device)
+    with torch.no_grad():
+        codes = model(x).codes
+        if which == "monai":
+            check = bool(torch.equal(model.encode(x), codes))
+    code_grid = list(codes.shape[1:])
+    if code_grid != [cfg.grid, cfg.grid]:
+        raise RuntimeError(f"{which}: code grid {code_grid}, expected {cfg.grid}x{cfg.grid}")
     tail = losses[-max(1, len(losses) // 10) :]
     rate_steady = None
     if steady is not None and steps > args.warmup_steps:
@@ -237,6 +241,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
             "amp": None if engine.amp is None else str(engine.amp).replace("torch.", ""),
         },
         "eval": {**summary, "seconds": eval_seconds, "split": args.eval_split},
+        "code_grid": code_grid,
         "index_quantize_matches_adapter": check,
         "peak_rss_mib": _peak_rss_mib(),
         "device": str(device),
