@@ -374,10 +374,12 @@ def main() -> int:
         return 0
 
     command = shlex.join([sys.executable, *sys.argv])
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])  # the workers' arguments: all but --ours-run
     if args.ours_run:
-        i = argv.index("--ours-run")
-        argv = argv[:i] + argv[i + 2 :]
+        argv = [a for a in argv if not a.startswith("--ours-run=")]
+        if "--ours-run" in argv:
+            i = argv.index("--ours-run")
+            del argv[i : i + 2]
     import monai
 
     monai_result = _worker(args, "monai", argv)
