@@ -81,11 +81,20 @@ def rate_distortion_rows() -> list[str]:
         "|---|---|---|---|---|" + "---|" * len(codecs),
     ]
     for run in r["runs"]:
-        nll = ", ".join(f"{p['nll_bytes_per_image']:.1f} ({p['prior']})" for p in run.get("priors", [])) or "-"
+        nll = (
+            ", ".join(
+                f"{p['nll_bytes_per_image']:.1f} ({p['prior']})" for p in run.get("priors", [])
+            )
+            or "-"
+        )
         cells = []
         for c in codecs:
             best = _smallest_reaching(r["codecs"][c], run["ssim_mean"])
-            cells.append("not reached" if best is None else f"{best['bytes_mean']:.0f} ({best['psnr_mean']:.1f})")
+            cells.append(
+                "not reached"
+                if best is None
+                else f"{best['bytes_mean']:.0f} ({best['psnr_mean']:.1f})"
+            )
         rows.append(
             f"| `{run['preset']}` | {run['bytes_per_image']:.0f} | {nll} | {run['ssim_mean']:.3f} | "
             f"{run['psnr_mean']:.2f} | " + " | ".join(cells) + " |"
@@ -94,11 +103,11 @@ def rate_distortion_rows() -> list[str]:
     for c in codecs:
         low = min(r["codecs"][c], key=lambda x: x["bytes_mean"])
         smallest.append(f"{low['bytes_mean']:.0f} B at SSIM {low['ssim_mean']:.3f}")
-    rows.append(
-        "| smallest file of each codec | | | | | " + " | ".join(smallest) + " |"
-    )
+    rows.append("| smallest file of each codec | | | | | " + " | ".join(smallest) + " |")
     m = r["machine"]
-    rows.append(f"\nPillow {r['pillow']} (OpenJPEG {r['openjpeg']}, libwebp {r['libwebp']}), {m['cpu']}.")
+    rows.append(
+        f"\nPillow {r['pillow']} (OpenJPEG {r['openjpeg']}, libwebp {r['libwebp']}), {m['cpu']}."
+    )
     return rows
 
 
@@ -118,11 +127,17 @@ def throughput_rows() -> list[str]:
     ]
     for row in r["rows"]:
         if "error" in row:
-            rows.append(f"| `{row['preset']}` | {row['variant']} | {row['device_type']} | failed | | | |")
+            rows.append(
+                f"| `{row['preset']}` | {row['variant']} | {row['device_type']} | failed | | | |"
+            )
             continue
         tr, inf = row["train"], row["inference"]
         train = f"{tr['images_per_second']:.1f}" if tr.get("ok") else "failed"
-        cpu = f"{tr['images_per_cpu_second']:.1f}" if tr.get("ok") and tr.get("images_per_cpu_second") else "-"
+        cpu = (
+            f"{tr['images_per_cpu_second']:.1f}"
+            if tr.get("ok") and tr.get("images_per_cpu_second")
+            else "-"
+        )
         infer = f"{inf['images_per_second']:.1f}" if inf.get("ok") else "failed"
         rows.append(
             f"| `{row['preset']}` | {row['variant']} | {row['device']} | {train} | {cpu} | {infer} | "
@@ -174,7 +189,9 @@ def main() -> int:
     if START not in text or END not in text:
         print(f"{readme}: markers {START} / {END} not found", file=sys.stderr)
         return 1
-    table = "\n".join(quality_rows() + prior_rows() + rate_distortion_rows() + throughput_rows() + monai_rows())
+    table = "\n".join(
+        quality_rows() + prior_rows() + rate_distortion_rows() + throughput_rows() + monai_rows()
+    )
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{table}\n{END}{tail}")

@@ -22,7 +22,9 @@ from machine import machine_info  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", required=True)
     p.add_argument("--preset", required=True)
     p.add_argument("--run", required=True, help="run directory (trained here if it does not exist)")
@@ -32,7 +34,18 @@ def main() -> int:
     args = p.parse_args()
 
     run = Path(args.run)
-    train_cmd = [sys.executable, "-m", "oasisvq", "train", "--data", args.data, "--preset", args.preset, "--out", str(run)]
+    train_cmd = [
+        sys.executable,
+        "-m",
+        "oasisvq",
+        "train",
+        "--data",
+        args.data,
+        "--preset",
+        args.preset,
+        "--out",
+        str(run),
+    ]
     if args.epochs:
         train_cmd += ["--epochs", str(args.epochs)]
     if not (run / "history.json").exists():
@@ -40,7 +53,19 @@ def main() -> int:
         subprocess.run(train_cmd, check=True)
         print(f"trained in {time.time() - start:.0f} s", file=sys.stderr)
     eval_json = run / f"eval-{args.split}.json"
-    eval_cmd = [sys.executable, "-m", "oasisvq", "evaluate", str(run), "--data", args.data, "--split", args.split, "--json", str(eval_json)]
+    eval_cmd = [
+        sys.executable,
+        "-m",
+        "oasisvq",
+        "evaluate",
+        str(run),
+        "--data",
+        args.data,
+        "--split",
+        args.split,
+        "--json",
+        str(eval_json),
+    ]
     subprocess.run(eval_cmd, check=True, stdout=subprocess.DEVNULL)
     history = json.loads((run / "history.json").read_text())
     seconds = [row["epoch_seconds"] for row in history]
@@ -52,14 +77,30 @@ def main() -> int:
         "epochs": len(history),
         "train_seconds_per_epoch": sum(seconds) / len(seconds),
         "train_minutes_total": sum(seconds) / 60,
-        "train_images_per_second": sum(r["train_images_per_second"] for r in history) / len(history),
+        "train_images_per_second": sum(r["train_images_per_second"] for r in history)
+        / len(history),
         **json.loads(eval_json.read_text()),
         "commands": [" ".join(train_cmd), " ".join(eval_cmd)],
         "machine": machine_info(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("preset", "split", "ssim_mean", "psnr_mean", "codes_used", "bits_per_image", "train_seconds_per_epoch")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "preset",
+                    "split",
+                    "ssim_mean",
+                    "psnr_mean",
+                    "codes_used",
+                    "bits_per_image",
+                    "train_seconds_per_epoch",
+                )
+            }
+        )
+    )
     return 0
 
 

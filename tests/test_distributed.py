@@ -30,7 +30,21 @@ pytestmark = pytest.mark.skipif(
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 # seed preset at 64 px (a 4x4 code grid), 32 training images: 4 steps of 8 images per epoch
-TRAIN = ["train", "--preset", "seed", "--size", "64", "--batch-size", "8", "--amp", "off", "--device", "cpu", "--seed", "0"]
+TRAIN = [
+    "train",
+    "--preset",
+    "seed",
+    "--size",
+    "64",
+    "--batch-size",
+    "8",
+    "--amp",
+    "off",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+]
 TIMEOUT = 600
 
 
@@ -42,7 +56,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _env(probe: Path, cache: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OASISVQ_TEST_PROBE=str(probe), OASISVQ_CACHE=str(cache), OMP_NUM_THREADS="1", **extra)
+    env.update(
+        OASISVQ_TEST_PROBE=str(probe), OASISVQ_CACHE=str(cache), OMP_NUM_THREADS="1", **extra
+    )
     return env
 
 
@@ -57,7 +73,9 @@ def _torchrun(n: int, args: list[str]) -> list[str]:
 
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as f:  # the child keeps its own handle
-        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _finish(proc: subprocess.Popen, log: Path) -> None:
@@ -82,18 +100,36 @@ def _latest(run: Path) -> str:
     return pointer.read_text().strip() if pointer.exists() else ""
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    data: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"  # empty: both runs (three processes) race to decode the data
     args = [*TRAIN, "--data", str(data), "--epochs", "2"]
-    one = _start(_one([*args, "--out", str(tmp_path / "one")]), _env(tmp_path / "p1", cache), tmp_path / "one.log")
-    two = _start(_torchrun(2, [*args, "--out", str(tmp_path / "two")]), _env(tmp_path / "p2", cache), tmp_path / "two.log")
+    one = _start(
+        _one([*args, "--out", str(tmp_path / "one")]),
+        _env(tmp_path / "p1", cache),
+        tmp_path / "one.log",
+    )
+    two = _start(
+        _torchrun(2, [*args, "--out", str(tmp_path / "two")]),
+        _env(tmp_path / "p2", cache),
+        tmp_path / "two.log",
+    )
     _finish(one, tmp_path / "one.log")
     _finish(two, tmp_path / "two.log")
 
-    decodes = [p.read_text().split() for p in (tmp_path / "p1" / "decodes", tmp_path / "p2" / "decodes") if p.exists()]
+    decodes = [
+        p.read_text().split()
+        for p in (tmp_path / "p1" / "decodes", tmp_path / "p2" / "decodes")
+        if p.exists()
+    ]
     assert sum(map(len, decodes)) == 1, f"the data set was decoded {decodes} times, not once"
 
-    r0, r1, single = _rank_state(tmp_path / "p2", 0), _rank_state(tmp_path / "p2", 1), _rank_state(tmp_path / "p1", 0)
+    r0, r1, single = (
+        _rank_state(tmp_path / "p2", 0),
+        _rank_state(tmp_path / "p2", 1),
+        _rank_state(tmp_path / "p1", 0),
+    )
     assert (r0["world_size"], r0["rank_batch"]) == (2, 4)
     assert (single["world_size"], single["rank_batch"]) == (1, 8)
 
@@ -111,7 +147,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(data: Path, 
     # 2 processes x 4 images == 1 process x 8 images, up to float rounding
     q = "quantizer."
     assert bool(r0["state"][q + "initialised"])
-    assert torch.equal(r0["state"][q + "ema_count"], single["state"][q + "ema_count"]), "code assignments differ"
+    assert torch.equal(r0["state"][q + "ema_count"], single["state"][q + "ema_count"]), (
+        "code assignments differ"
+    )
     for name, value in single["state"].items():
         other = r0["state"][name]
         assert torch.allclose(value.double(), other.double(), rtol=1e-4, atol=1e-5), (
@@ -121,18 +159,44 @@ def test_two_processes_match_one_process_with_the_same_global_batch(data: Path, 
     h2 = json.loads((two_run / "history.json").read_text())
     assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2] == [1, 2]
     for a, b in zip(h1, h2, strict=True):
-        for key in ("train_loss", "train_mse", "train_codes_used", "train_perplexity", "val_mse", "lr"):
+        for key in (
+            "train_loss",
+            "train_mse",
+            "train_codes_used",
+            "train_perplexity",
+            "val_mse",
+            "lr",
+        ):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 
-def test_killed_distributed_run_resumes_with_another_process_count(data: Path, tmp_path: Path) -> None:
-    run, probe, cache, log = tmp_path / "run", tmp_path / "probe", tmp_path / "cache", tmp_path / "two.log"
-    args = [*TRAIN, "--data", str(data), "--epochs", "2", "--checkpoint-every", "1", "--out", str(run)]
+def test_killed_distributed_run_resumes_with_another_process_count(
+    data: Path, tmp_path: Path
+) -> None:
+    run, probe, cache, log = (
+        tmp_path / "run",
+        tmp_path / "probe",
+        tmp_path / "cache",
+        tmp_path / "two.log",
+    )
+    args = [
+        *TRAIN,
+        "--data",
+        str(data),
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        str(run),
+    ]
     proc = _start(_torchrun(2, args), _env(probe, cache, OASISVQ_TEST_STEP_DELAY="0.3"), log)
     try:
         deadline = time.monotonic() + TIMEOUT
         while "step" not in _latest(run):
-            assert proc.poll() is None, f"run ended before its first step checkpoint:\n{log.read_text()[-4000:]}"
+            assert proc.poll() is None, (
+                f"run ended before its first step checkpoint:\n{log.read_text()[-4000:]}"
+            )
             assert time.monotonic() < deadline, "no step checkpoint in time"
             time.sleep(0.02)
     finally:
@@ -158,7 +222,12 @@ def test_killed_distributed_run_resumes_with_another_process_count(data: Path, t
     assert _epochs(run) == [1, 2]
     assert _latest(run) == "epoch-0002"
     state = torch.load(run / "checkpoints" / "epoch-0002" / "state.pt", weights_only=False)
-    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (2, 0, 1, 8)
+    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (
+        2,
+        0,
+        1,
+        8,
+    )
 
     # 1 -> 2 processes, one more epoch
     log2 = tmp_path / "resume2.log"
@@ -168,7 +237,12 @@ def test_killed_distributed_run_resumes_with_another_process_count(data: Path, t
     assert _epochs(run) == [1, 2, 3]
     assert _latest(run) == "epoch-0003"
     state = torch.load(run / "checkpoints" / "epoch-0003" / "state.pt", weights_only=False)
-    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (3, 0, 2, 8)
+    assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (
+        3,
+        0,
+        2,
+        8,
+    )
     assert [r["epoch"] for r in state["history"]] == [1, 2, 3]
     r0, r1 = _rank_state(probe, 0), _rank_state(probe, 1)
     for name, value in r0["state"].items():

@@ -187,5 +187,7 @@ def test_ssim_matches_pytorch_msssim_reference() -> None:
     gen = torch.Generator().manual_seed(7)
     x = torch.rand(3, 1, 64, 80, generator=gen)
     y = (x + 0.2 * torch.rand(3, 1, 64, 80, generator=gen)).clamp(0, 1)
-    ref = pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False, win_size=11, win_sigma=1.5, K=(0.01, 0.03))
+    ref = pytorch_msssim.ssim(
+        x, y, data_range=1.0, size_average=False, win_size=11, win_sigma=1.5, K=(0.01, 0.03)
+    )
     assert torch.allclose(M.ssim(x, y), ref, atol=1e-6)

@@ -39,7 +39,13 @@ def _dependence(model, grid: tuple[int, int], k: int, cond=None) -> torch.Tensor
 
 def test_masks() -> None:
     a, b = MaskedConv2d("A", 1, 1, 7).mask[0, 0], MaskedConv2d("B", 1, 1, 3).mask[0, 0]
-    assert a[3, 3] == 0 and a[3, :3].eq(1).all() and a[3, 4:].eq(0).all() and a[:3].eq(1).all() and a[4:].eq(0).all()
+    assert (
+        a[3, 3] == 0
+        and a[3, :3].eq(1).all()
+        and a[3, 4:].eq(0).all()
+        and a[:3].eq(1).all()
+        and a[4:].eq(0).all()
+    )
     assert b[1, 1] == 1 and b[1, 2] == 0 and b[2].eq(0).all() and b[0].eq(1).all()
     with pytest.raises(ValueError):
         MaskedConv2d("C", 1, 1, 3)
@@ -81,15 +87,32 @@ def test_transformer_is_causal_without_blind_spot(kv_heads: int) -> None:
 
 @pytest.mark.parametrize("condition", [(), ("class", "position", "age")])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_kv_cache_gives_the_logits_of_a_full_pass(condition: tuple[str, ...], kv_heads: int) -> None:
+def test_kv_cache_gives_the_logits_of_a_full_pass(
+    condition: tuple[str, ...], kv_heads: int
+) -> None:
     cfg = dataclasses.replace(
-        get_prior_config("transformer", d_model=32, n_layers=3, n_heads=4, n_kv_heads=kv_heads, condition=condition),
-        codebook_size=7, grid=(4, 6), class_names=("a", "b", "c"), age_mean=70.0, age_std=8.0,
+        get_prior_config(
+            "transformer",
+            d_model=32,
+            n_layers=3,
+            n_heads=4,
+            n_kv_heads=kv_heads,
+            condition=condition,
+        ),
+        codebook_size=7,
+        grid=(4, 6),
+        class_names=("a", "b", "c"),
+        age_mean=70.0,
+        age_std=8.0,
     )
     torch.manual_seed(1)
     model = build_prior(cfg).double().eval()
     codes = torch.randint(0, 7, (3, 4, 6))
-    cond = {"cls": torch.tensor([0, 2, -1]), "pos": torch.tensor([0.1, float("nan"), 0.7]).double(), "age": torch.tensor([60.0, 80.0, float("nan")]).double()}
+    cond = {
+        "cls": torch.tensor([0, 2, -1]),
+        "pos": torch.tensor([0.1, float("nan"), 0.7]).double(),
+        "age": torch.tensor([60.0, 80.0, float("nan")]).double(),
+    }
     full = model(codes, cond)
     cached = model.forward_cached(codes, cond)
     assert full.shape == cached.shape == (3, 4, 6, 7)
@@ -128,7 +151,11 @@ def test_pixelcnn_windowed_sampling_equals_naive() -> None:
 def test_conditioning_changes_outputs(name: str) -> None:
     cfg = dataclasses.replace(
         get_prior_config(name, condition="class,position,age", filters=16, d_model=32, n_layers=2),
-        codebook_size=6, grid=(4, 4), class_names=("x", "y"), age_mean=50.0, age_std=10.0,
+        codebook_size=6,
+        grid=(4, 4),
+        class_names=("x", "y"),
+        age_mean=50.0,
+        age_std=10.0,
     )
     torch.manual_seed(0)
     model = build_prior(cfg).eval()
@@ -151,7 +178,11 @@ def test_unconditional_pixelcnn_is_the_reports_network() -> None:
         cfg = dataclasses.replace(PRIORS[name], codebook_size=16, grid=(8, 8))
         m = build_prior(cfg)
         assert isinstance(m, PixelCNN) and m.cond is None
-        assert m.first.kernel_size == (7, 7) and m.first.in_channels == 16 and m.first.out_channels == 128
+        assert (
+            m.first.kernel_size == (7, 7)
+            and m.first.in_channels == 16
+            and m.first.out_channels == 128
+        )
         assert len(m.blocks) == blocks and len(m.head) == blocks
         for b in m.blocks:
             assert b.conv1.kernel_size == (1, 1) and b.pixel_conv.kernel_size == (3, 3)
@@ -159,7 +190,11 @@ def test_unconditional_pixelcnn_is_the_reports_network() -> None:
             assert b.pixel_conv.mask[0, 0, 1, 1] == 1  # type B
         assert all(h.kernel_size == (1, 1) and h.out_channels == 128 for h in m.head)
         assert m.out.kernel_size == (1, 1) and m.out.out_channels == 16
-    m = build_prior(dataclasses.replace(PRIORS["pixelcnn-seed"], codebook_size=16, grid=(8, 8), residual_blocks=2, head_layers=3))
+    m = build_prior(
+        dataclasses.replace(
+            PRIORS["pixelcnn-seed"], codebook_size=16, grid=(8, 8), residual_blocks=2, head_layers=3
+        )
+    )
     assert len(m.blocks) == 2 and len(m.head) == 3
 
 
@@ -180,6 +215,11 @@ def test_pick_temperature_and_top_k() -> None:
     assert set(top2.tolist()) == {2, 3}
     hot = pick(logits, 100.0, generator=g)
     assert set(hot.tolist()) == {0, 1, 2, 3}
+    # the draws follow softmax(logits / T)
+    small = torch.tensor([[0.0, 1.0, 2.0, -30.0]]).repeat(40000, 1)
+    freq = torch.bincount(pick(small, 1.0, generator=g), minlength=4).float() / 40000
+    torch.testing.assert_close(freq, small[0].softmax(-1), atol=0.01, rtol=0)
+    assert freq[3] == 0
 
 
 def test_registry_errors() -> None:

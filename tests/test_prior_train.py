@@ -41,13 +41,28 @@ def _by_class(n: int, seed: int) -> CodeSet:
 
 
 def _cfg(name: str, **kw: object):
-    small = {"filters": 32, "residual_blocks": 2, "head_layers": 1, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.0}
+    small = {
+        "filters": 32,
+        "residual_blocks": 2,
+        "head_layers": 1,
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "dropout": 0.0,
+    }
     small.update(kw)
     return dataclasses.replace(get_prior_config(name, **small), codebook_size=K, grid=GRID)
 
 
 def _train_cfg(epochs: int, **kw: object) -> TrainConfig:
-    base = {"batch_size": 32, "lr": 3e-3, "device": "cpu", "amp": "off", "warmup_fraction": 0.05, "channels_last": False}
+    base = {
+        "batch_size": 32,
+        "lr": 3e-3,
+        "device": "cpu",
+        "amp": "off",
+        "warmup_fraction": 0.05,
+        "channels_last": False,
+    }
     base.update(kw)
     return TrainConfig(epochs=epochs, **base)
 

@@ -58,13 +58,21 @@ def _make_data(root: Path) -> None:
 
 
 def _make_vqvae_run(run: Path, data_root: Path) -> None:
-    cfg = VQVAEConfig(name="tiny", arch="seed", image_size=SIZE, widths=(4, 4, 8, 8), quantizer=QuantizerConfig(codebook_size=K, dim=4))
+    cfg = VQVAEConfig(
+        name="tiny",
+        arch="seed",
+        image_size=SIZE,
+        widths=(4, 4, 8, 8),
+        quantizer=QuantizerConfig(codebook_size=K, dim=4),
+    )
     torch.manual_seed(0)
     model = VQVAE(cfg)
     opts = DataOptions(size=SIZE)
     images = load_splits(data_root, opts)["train"].images
     model.train()
-    model(torch.from_numpy(np.array(images[:32])).float()[:, None] / 255)  # k-means initialises the codebook
+    model(
+        torch.from_numpy(np.array(images[:32])).float()[:, None] / 255
+    )  # k-means initialises the codebook
     config = {
         "kind": "vqvae",
         "model": cfg.to_dict(),
@@ -83,7 +91,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("OASISVQ_CACHE", str(base / "cache"))
         _make_data(base / "data")
         _make_vqvae_run(base / "run", base / "data")
-        assert _run_cli("train-prior", str(base / "run"), "--prior", "transformer", "--epochs", "2", *SMALL, *FAST) == 0
+        assert (
+            _run_cli(
+                "train-prior",
+                str(base / "run"),
+                "--prior",
+                "transformer",
+                "--epochs",
+                "2",
+                *SMALL,
+                *FAST,
+            )
+            == 0
+        )
         yield base
 
 
@@ -92,7 +112,11 @@ def test_train_prior_writes_a_run(tiny: Path) -> None:
     for f in ("history.csv", "curves.png", "config.json", "checkpoints/LATEST"):
         assert (run / f).exists(), f
     saved = checkpoint.read_config(run)
-    assert saved["kind"] == "prior" and saved["prior"]["grid"] == [8, 8] and saved["prior"]["codebook_size"] == K
+    assert (
+        saved["kind"] == "prior"
+        and saved["prior"]["grid"] == [8, 8]
+        and saved["prior"]["codebook_size"] == K
+    )
     rows = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0 < r["val_loss_bits_per_image"] for r in rows)
@@ -111,14 +135,33 @@ def test_codes_are_encoded_once(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> 
         raise AssertionError("codes were encoded again")
 
     monkeypatch.setattr("oasisvq.prior.data.encode_images", boom)
-    args = ["train-prior", str(tiny / "run"), "--prior", "pixelcnn-seed-code", "--epochs", "1", "--option", "filters=16", *FAST]
+    args = [
+        "train-prior",
+        str(tiny / "run"),
+        "--prior",
+        "pixelcnn-seed-code",
+        "--epochs",
+        "1",
+        "--option",
+        "filters=16",
+        *FAST,
+    ]
     assert _run_cli(*args) == 0
     assert (tiny / "run" / "priors" / "pixelcnn-seed-code" / "checkpoints" / "LATEST").exists()
 
 
 def test_resume_a_prior_run(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
-    base = ["train-prior", str(tiny / "run"), "--prior", "transformer", "--name", "resumed", *SMALL, *FAST]
+    base = [
+        "train-prior",
+        str(tiny / "run"),
+        "--prior",
+        "transformer",
+        "--name",
+        "resumed",
+        *SMALL,
+        *FAST,
+    ]
     assert _run_cli(*base, "--epochs", "1") == 0
     assert _run_cli(*base, "--epochs", "1") == 2  # exists: needs --resume or --force
     assert _run_cli(*base, "--epochs", "2", "--resume") == 0
@@ -129,22 +172,72 @@ def test_resume_a_prior_run(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_sample_writes_png_npy_and_figure(tiny: Path) -> None:
     out = tiny / "samples"
-    assert _run_cli("sample", str(tiny / "run"), "--prior", "transformer", "--n", "5", "--out", str(out), "--seed", "3", "--device", "cpu") == 0
+    assert (
+        _run_cli(
+            "sample",
+            str(tiny / "run"),
+            "--prior",
+            "transformer",
+            "--n",
+            "5",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     pngs = sorted((out / "images").glob("*.png"))
     assert len(pngs) == 5
     codes = np.load(out / "codes.npy")
     assert codes.shape == (5, 8, 8) and codes.min() >= 0 and codes.max() < K
-    assert (out / "samples.png").stat().st_size > 2000 and json.loads((out / "sample.json").read_text())["n"] == 5
+    assert (out / "samples.png").stat().st_size > 2000 and json.loads(
+        (out / "sample.json").read_text()
+    )["n"] == 5
     # the PNG files are the decoded codes
     model = oasisvq.load(tiny / "run")
     decoded = np.round(model.decode(codes).numpy() * 255).astype(np.uint8)
     assert np.abs(np.asarray(Image.open(pngs[2])).astype(int) - decoded[2]).max() <= 1
     # the same seed gives the same samples, another seed others
     again = tiny / "again"
-    assert _run_cli("sample", str(tiny / "run"), "--prior", "transformer", "--n", "5", "--out", str(again), "--seed", "3", "--device", "cpu") == 0
+    assert (
+        _run_cli(
+            "sample",
+            str(tiny / "run"),
+            "--prior",
+            "transformer",
+            "--n",
+            "5",
+            "--out",
+            str(again),
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     assert np.array_equal(np.load(again / "codes.npy"), codes)
     other = tiny / "other"
-    assert _run_cli("sample", str(tiny / "run"), "--prior", "transformer", "--n", "5", "--out", str(other), "--seed", "4", "--device", "cpu") == 0
+    assert (
+        _run_cli(
+            "sample",
+            str(tiny / "run"),
+            "--prior",
+            "transformer",
+            "--n",
+            "5",
+            "--out",
+            str(other),
+            "--seed",
+            "4",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     assert not np.array_equal(np.load(other / "codes.npy"), codes)
 
 
@@ -152,28 +245,87 @@ def test_model_sample_api(tiny: Path) -> None:
     from oasisvq.sample.sampler import sample_images
 
     model = oasisvq.load(tiny / "run")
-    images = model.sample(3, prior="transformer", seed=1, temperature=0.8, top_k=4)
+    kw = {"prior": "transformer", "seed": 1, "temperature": 0.8, "top_k": 4}
+    images = model.sample(3, precision="fp32", **kw)
     assert images.shape == (3, SIZE, SIZE) and images.dtype == torch.float32
     assert 0 <= float(images.min()) and float(images.max()) <= 1
-    again, codes = sample_images(model, 3, prior="transformer", seed=1, temperature=0.8, top_k=4)
+    again, codes = sample_images(model, 3, precision="fp32", **kw)
     assert torch.equal(images, again) and codes.shape == (3, 8, 8)
     torch.testing.assert_close(model.decode(codes), images)
+    fast = model.sample(3, **kw)  # default "auto": bf16 decoding where native, same codes
+    assert (fast - images).abs().max() < 0.02
 
 
 def test_conditional_prior_cli(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
     run = str(tiny / "run")
-    assert _run_cli("train-prior", run, "--prior", "transformer", "--name", "by-class", "--condition", "class", "--epochs", "1", *SMALL, *FAST) == 0
+    assert (
+        _run_cli(
+            "train-prior",
+            run,
+            "--prior",
+            "transformer",
+            "--name",
+            "by-class",
+            "--condition",
+            "class",
+            "--epochs",
+            "1",
+            *SMALL,
+            *FAST,
+        )
+        == 0
+    )
     saved = checkpoint.read_config(tiny / "run" / "priors" / "by-class")
     assert saved["prior"]["condition"] == ["class"] and saved["prior"]["class_names"] == ["A", "B"]
     out = tiny / "class-b"
-    assert _run_cli("sample", run, "--prior", "by-class", "--class", "B", "--n", "2", "--out", str(out), "--device", "cpu") == 0
+    assert (
+        _run_cli(
+            "sample",
+            run,
+            "--prior",
+            "by-class",
+            "--class",
+            "B",
+            "--n",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     assert len(list((out / "images").glob("*.png"))) == 2
-    assert _run_cli("sample", run, "--prior", "by-class", "--class", "Z", "--n", "2", "--out", str(out)) == 2
-    assert _run_cli("sample", run, "--prior", "transformer", "--class", "A", "--n", "2", "--out", str(out)) == 2
+    assert (
+        _run_cli(
+            "sample", run, "--prior", "by-class", "--class", "Z", "--n", "2", "--out", str(out)
+        )
+        == 2
+    )
+    assert (
+        _run_cli(
+            "sample", run, "--prior", "transformer", "--class", "A", "--n", "2", "--out", str(out)
+        )
+        == 2
+    )
     assert _run_cli("sample", run, "--prior", "nope", "--n", "2", "--out", str(out)) == 2
     # the data has no slice positions
-    assert _run_cli("train-prior", run, "--name", "by-pos", "--condition", "position", "--epochs", "1", *SMALL, *FAST) == 2
+    assert (
+        _run_cli(
+            "train-prior",
+            run,
+            "--name",
+            "by-pos",
+            "--condition",
+            "position",
+            "--epochs",
+            "1",
+            *SMALL,
+            *FAST,
+        )
+        == 2
+    )
 
 
 def test_priors_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,15 +339,36 @@ def test_priors_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
     out = tiny / "eval.json"
-    args = ["evaluate-samples", str(tiny / "run"), "--prior", "by-class", "--n", "12", "--json", str(out), "--feature-epochs", "1", "--device", "cpu"]
+    args = [
+        "evaluate-samples",
+        str(tiny / "run"),
+        "--prior",
+        "by-class",
+        "--n",
+        "12",
+        "--json",
+        str(out),
+        "--feature-epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
     if not (tiny / "run" / "priors" / "by-class").exists():
         pytest.skip("needs the conditional prior of test_conditional_prior_cli")
     assert _run_cli(*args) == 0
     r = json.loads(out.read_text())
     for key in (
-        "nll_bits_per_image", "uniform_bits_per_image", "nn_ssim_mean", "memorised_share", "diversity_ms_ssim_samples",
-        "diversity_ms_ssim_real", "frechet_distance", "frechet_distance_real_vs_real",
-        "nll_bits_per_image_wrong_condition", "class_agreement_samples", "sample_class_share",
+        "nll_bits_per_image",
+        "uniform_bits_per_image",
+        "nn_ssim_mean",
+        "memorised_share",
+        "diversity_ms_ssim_samples",
+        "diversity_ms_ssim_real",
+        "frechet_distance",
+        "frechet_distance_real_vs_real",
+        "nll_bits_per_image_wrong_condition",
+        "class_agreement_samples",
+        "sample_class_share",
     ):
         assert key in r, key
     assert r["split"] == "validate" and r["uniform_bits_per_image"] == pytest.approx(64 * 3)
@@ -206,3 +379,18 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()
     # the feature network is trained once and then reused
     assert any((tiny / "run" / "features").iterdir())
+
+
+def test_resolve_condition() -> None:
+    from oasisvq.data.errors import ConfigError
+    from oasisvq.prior.registry import get_prior_config
+    from oasisvq.sample.sampler import resolve_condition
+
+    cfg = dataclasses.replace(
+        get_prior_config("transformer", condition="class,position"), class_names=("CN", "AD")
+    )
+    assert resolve_condition(cfg, "AD", 0.25) == {"cls": 1, "pos": 0.25, "age": None}
+    assert resolve_condition(cfg, 0)["cls"] == 0 and resolve_condition(cfg)["cls"] is None
+    for bad in ({"class_name": "XX"}, {"class_name": 5}, {"slice_pos": 1.5}, {"age": 70.0}):
+        with pytest.raises(ConfigError):
+            resolve_condition(cfg, **bad)

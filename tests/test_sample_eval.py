@@ -95,17 +95,29 @@ def _asymmetric_slices(n: int, seed: int) -> SliceSet:
         r = 6 + 6 * c + rng.integers(0, 2)
         img = ((yy - 16) ** 2 + (xx - 20) ** 2 < r**2) * 200 + rng.integers(0, 30, (64, 64))
         images.append(img.astype(np.uint8))
-    return SliceSet(np.stack(images), [f"s{i}" for i in range(n)], [f"f{i}" for i in range(n)], classes=classes, class_names=["small", "large"])
+    return SliceSet(
+        np.stack(images),
+        [f"s{i}" for i in range(n)],
+        [f"f{i}" for i in range(n)],
+        classes=classes,
+        class_names=["small", "large"],
+    )
 
 
 def test_feature_network_learns_rotation_and_class_and_is_cached(tmp_path: Path) -> None:
     train, val = _asymmetric_slices(192, 0), _asymmetric_slices(64, 1)
-    net = feature_net(tmp_path, "synthetic", {"size": 64}, train, val, epochs=4, device="cpu", batch_size=16)
+    net = feature_net(
+        tmp_path, "synthetic", {"size": 64}, train, val, epochs=4, device="cpu", batch_size=16
+    )
     assert isinstance(net, FeatureNet) and net.cls is not None and net.position is None
-    rows = __import__("json").loads(next((tmp_path / "features").glob("*/history.json")).read_text())
+    rows = __import__("json").loads(
+        next((tmp_path / "features").glob("*/history.json")).read_text()
+    )
     assert rows[-1]["val_rotation_acc"] > 0.8 and rows[-1]["val_cls_acc"] > 0.8, rows[-1]
     f = extract(net, val.images)
     assert f["features"].shape == (64, 128) and f["cls_prob"].shape == (64, 2)
-    again = feature_net(tmp_path, "synthetic", {"size": 64}, train, val, epochs=4, device="cpu", batch_size=16)  # loaded, not retrained
+    again = feature_net(
+        tmp_path, "synthetic", {"size": 64}, train, val, epochs=4, device="cpu", batch_size=16
+    )  # loaded, not retrained
     for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)

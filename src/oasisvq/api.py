@@ -37,7 +37,9 @@ def _as_batch(images: ArrayLike, device: torch.device) -> Tensor:
 class VQModel:
     """A trained VQ-VAE (and its prior, when one was trained in the same run)."""
 
-    def __init__(self, vqvae: VQVAE, run_dir: Path | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, vqvae: VQVAE, run_dir: Path | None = None, device: str | torch.device = "cpu"
+    ) -> None:
         self.device = torch.device(device)
         self.vqvae = vqvae.to(self.device).eval()
         self.config: VQVAEConfig = vqvae.cfg
@@ -55,7 +57,9 @@ class VQModel:
     @torch.no_grad()
     def decode(self, codes: ArrayLike) -> Tensor:
         """Codes ``(N, h, w)`` -> images ``(N, S, S)`` float32 in [0, 1]."""
-        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, Tensor) else codes).long()
+        codes = torch.as_tensor(
+            np.asarray(codes) if not isinstance(codes, Tensor) else codes
+        ).long()
         k = self.config.quantizer.codebook_size
         if codes.numel() and (codes.min() < 0 or codes.max() >= k):
             raise ValueError(f"codes must lie in [0, {k})")

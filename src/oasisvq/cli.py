@@ -14,11 +14,25 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--size", type=int, default=None, help="square image size (default: the preset's, 128)")
-    g.add_argument("--fit", choices=["resize", "pad", "crop"], default="resize", help="how non-square images become square")
-    g.add_argument("--axis", choices=["axial", "coronal", "sagittal"], default="axial", help="slicing axis for volumes")
+    g.add_argument(
+        "--size", type=int, default=None, help="square image size (default: the preset's, 128)"
+    )
+    g.add_argument(
+        "--fit",
+        choices=["resize", "pad", "crop"],
+        default="resize",
+        help="how non-square images become square",
+    )
+    g.add_argument(
+        "--axis",
+        choices=["axial", "coronal", "sagittal"],
+        default="axial",
+        help="slicing axis for volumes",
+    )
     g.add_argument("--mask", default=None, help="mask volumes for volume data: a folder, or 'auto'")
-    g.add_argument("--skip-bad", action="store_true", help="skip unreadable files (listed) instead of stopping")
+    g.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable files (listed) instead of stopping"
+    )
 
 
 def data_options_from(args: argparse.Namespace, size: int = 128):
@@ -72,7 +86,9 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<10}{'grid':>6}{'codes':>7}{'bits/img':>10}{'params':>11}{'epochs':>8}  description")
+    print(
+        f"{'name':<10}{'grid':>6}{'codes':>7}{'bits/img':>10}{'params':>11}{'epochs':>8}  description"
+    )
     for r in rows:
         print(
             f"{r['name']:<10}{r['grid']:>4}x{r['grid']:<1}{r['codebook_size']:>7}{r['bits_per_image']:>10.0f}"
@@ -112,18 +128,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from oasisvq.pipeline import run_demo
 
     prior = None if args.prior == "none" else args.prior
-    run_demo(args.out, args.data, args.preset, args.epochs, prior, args.prior_epochs, args.n, args.force)
+    run_demo(
+        args.out, args.data, args.preset, args.epochs, prior, args.prior_epochs, args.n, args.force
+    )
     print(f"run, figures and samples in {args.out}")
     return 0
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: train, evaluate, sample (built-in brain by default)")
+    p = sub.add_parser(
+        "demo", help="the main job: train, evaluate, sample (built-in brain by default)"
+    )
     p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--preset", default="compact")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--prior", default="transformer", help="prior to train after the VQ-VAE ('none' to skip)")
+    p.add_argument(
+        "--prior", default="transformer", help="prior to train after the VQ-VAE ('none' to skip)"
+    )
     p.add_argument("--prior-epochs", type=int, default=30)
     p.add_argument("--n", type=int, default=16, help="number of brains to sample")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -133,15 +155,21 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a VQ-VAE")
     p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
-    p.add_argument("--preset", default=None, help="model preset (see `oasisvq presets`; default seed)")
+    p.add_argument(
+        "--preset", default=None, help="model preset (see `oasisvq presets`; default seed)"
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's default_epochs")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--codebook-size", type=int, default=None, help="override the preset's number of codes")
+    p.add_argument(
+        "--codebook-size", type=int, default=None, help="override the preset's number of codes"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast precision")
+    p.add_argument(
+        "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast precision"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")

@@ -60,7 +60,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     (out / "images").mkdir(exist_ok=True)
     for src, img, codes in zip(slices.sources, r["recon"], r["codes"], strict=True):
         stem = Path(src).stem
-        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(out / "images" / f"{stem}_recon.png")
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(
+            out / "images" / f"{stem}_recon.png"
+        )
         np.save(out / "images" / f"{stem}_codes.npy", codes)
     print(json.dumps(summary, indent=2))
     print(f"reconstructions, codes, figures and per-image CSV in {out}")
@@ -72,15 +74,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (listed) instead of stopping")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable files (listed) instead of stopping"
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="measure reconstructions of a split (through the quantizer)")
+    p = sub.add_parser(
+        "evaluate", help="measure reconstructions of a split (through the quantizer)"
+    )
     _common(p)
-    p.add_argument("--data", default=None, help="data root (default: the one the run was trained on)")
+    p.add_argument(
+        "--data", default=None, help="data root (default: the one the run was trained on)"
+    )
     p.add_argument("--split", default="test")
-    p.add_argument("--out", default=None, help="folder for figures and CSV (default RUN/eval-SPLIT)")
+    p.add_argument(
+        "--out", default=None, help="folder for figures and CSV (default RUN/eval-SPLIT)"
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("reconstruct", help="reconstruct a folder of images or one image")

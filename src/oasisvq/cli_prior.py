@@ -67,19 +67,42 @@ def _train_prior_parser(sub: argparse._SubParsersAction) -> None:
         "train a prior over the code grid with cross-entropy, in RUN/priors/NAME.",
     )
     p.add_argument("run", help="VQ-VAE run directory written by `oasisvq train`")
-    p.add_argument("--data", default=None, help="data root (default: the one the VQ-VAE was trained on)")
-    p.add_argument("--prior", default="transformer", help="prior (see `oasisvq priors`; default transformer)")
-    p.add_argument("--name", default=None, help="name of the prior run in RUN/priors/ (default: --prior)")
+    p.add_argument(
+        "--data", default=None, help="data root (default: the one the VQ-VAE was trained on)"
+    )
+    p.add_argument(
+        "--prior", default="transformer", help="prior (see `oasisvq priors`; default transformer)"
+    )
+    p.add_argument(
+        "--name", default=None, help="name of the prior run in RUN/priors/ (default: --prior)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: the prior's")
-    p.add_argument("--condition", default=None, help="comma-separated: class, position, age (default: none)")
-    p.add_argument("--residual-blocks", type=int, default=None, help="PixelCNN residual blocks (table 4, code 2)")
-    p.add_argument("--head-layers", type=int, default=None, help="PixelCNN masked 1x1 layers (table 4, code 2)")
-    p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE", help="any PriorConfig field, e.g. d_model=192")
+    p.add_argument(
+        "--condition", default=None, help="comma-separated: class, position, age (default: none)"
+    )
+    p.add_argument(
+        "--residual-blocks",
+        type=int,
+        default=None,
+        help="PixelCNN residual blocks (table 4, code 2)",
+    )
+    p.add_argument(
+        "--head-layers", type=int, default=None, help="PixelCNN masked 1x1 layers (table 4, code 2)"
+    )
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any PriorConfig field, e.g. d_model=192",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast precision")
+    p.add_argument(
+        "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast precision"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the prior")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
@@ -92,24 +115,28 @@ def _train_prior_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_priors(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from oasisvq.prior.registry import PRIORS, build_prior
 
     rows = []
     for c in PRIORS.values():
         params = {}
         for label, k, g in (("8x8_k16", 16, 8), ("32x32_k512", 512, 32)):
-            import dataclasses
-
             model = build_prior(dataclasses.replace(c, codebook_size=k, grid=(g, g)))
             params[label] = sum(p.numel() for p in model.parameters())
-        rows.append({"name": c.name, "description": c.description, "arch": c.arch, "params": params})
+        rows.append(
+            {"name": c.name, "description": c.description, "arch": c.arch, "params": params}
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'name':<20}{'arch':<13}{'params 8x8':>12}{'params 32x32':>14}  description")
     for r in rows:
         p = r["params"]
-        print(f"{r['name']:<20}{r['arch']:<13}{p['8x8_k16']:>12,}{p['32x32_k512']:>14,}  {r['description']}")
+        print(
+            f"{r['name']:<20}{r['arch']:<13}{p['8x8_k16']:>12,}{p['32x32_k512']:>14,}  {r['description']}"
+        )
     return 0
 
 
@@ -148,7 +175,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     for i, img in enumerate(pixels):
         Image.fromarray(img).save(out / "images" / f"sample_{i:0{width}d}.png")
     np.save(out / "codes.npy", codes.numpy().astype(np.int16 if codes.max() < 2**15 else np.int64))
-    samples_figure(images, codes, out / "samples.png", n=min(args.n, 64), n_codes=model.config.quantizer.codebook_size)
+    samples_figure(
+        images,
+        codes,
+        out / "samples.png",
+        n=min(args.n, 64),
+        n_codes=model.config.quantizer.codebook_size,
+    )
     info = {
         "run": str(args.run),
         "prior": args.prior or _prior_name(model),
@@ -174,13 +207,28 @@ def _prior_name(model) -> str:
     return resolve_prior_name(model.run_dir, None)
 
 
-def _sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", default=None, help="prior run in RUN/priors/ (default: the only or newest one)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = most likely code)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely codes only")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed and batch size, same samples)")
-    p.add_argument("--batch-size", type=int, default=None, help="grids drawn at once (default: by grid size)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="sampling/decoding precision")
+def _sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
+    p.add_argument(
+        "--prior", default=None, help="prior run in RUN/priors/ (default: the only or newest one)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="softmax temperature (0 = most likely code)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=None, help="sample among the K most likely codes only"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed (same seed and batch size, same samples)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="grids drawn at once (default: by grid size)"
+    )
+    p.add_argument(
+        "--precision",
+        default=precision,
+        choices=["auto", "fp32", "bf16"],
+        help=f"decoding precision (default {precision}; auto: bf16 where native)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
@@ -194,9 +242,13 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="VQ-VAE run directory with a trained prior")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
-    _sampling_options(p)
-    p.add_argument("--class", dest="class_name", default=None, help="class name (class-conditional prior)")
-    p.add_argument("--slice-pos", type=float, default=None, help="normalised slice position in [0, 1]")
+    _sampling_options(p, "auto")
+    p.add_argument(
+        "--class", dest="class_name", default=None, help="class name (class-conditional prior)"
+    )
+    p.add_argument(
+        "--slice-pos", type=float, default=None, help="normalised slice position in [0, 1]"
+    )
     p.add_argument("--age", type=float, default=None, help="age in years (age-conditional prior)")
     p.set_defaults(func=_cmd_sample)
 
@@ -233,13 +285,19 @@ def _evaluate_samples_parser(sub: argparse._SubParsersAction) -> None:
         help="measure a prior and its samples: NLL, memorisation, diversity, Frechet distance",
     )
     p.add_argument("run", help="VQ-VAE run directory with a trained prior")
-    p.add_argument("--data", default=None, help="data root (default: the one the run was trained on)")
+    p.add_argument(
+        "--data", default=None, help="data root (default: the one the run was trained on)"
+    )
     p.add_argument("--n", type=int, default=1000, help="number of samples")
     p.add_argument("--split", default=None, help="held-out split (default: test, else validate)")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
-    p.add_argument("--out", default=None, help="folder for figures (default RUN/priors/NAME/eval-samples)")
-    p.add_argument("--feature-epochs", type=int, default=6, help="epochs of the feature network (trained once)")
-    _sampling_options(p)
+    p.add_argument(
+        "--out", default=None, help="folder for figures (default RUN/priors/NAME/eval-samples)"
+    )
+    p.add_argument(
+        "--feature-epochs", type=int, default=6, help="epochs of the feature network (trained once)"
+    )
+    _sampling_options(p, "fp32")
     p.set_defaults(func=_cmd_evaluate_samples)
 
 
@@ -253,7 +311,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _evaluate_samples_parser(sub)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m oasisvq.cli_prior ...` before registration
+if (
+    __name__ == "__main__"
+):  # pragma: no cover - `python -m oasisvq.cli_prior ...` before registration
     from oasisvq import cli
 
     _extra = cli._extra_commands

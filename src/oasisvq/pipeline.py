@@ -47,6 +47,19 @@ def _prior_and_samples(run: Path, data: str | None, prior: str, epochs: int, n: 
     from oasisvq.prior.run import train_prior
 
     train_prior(run, data, prior, epochs=epochs)
-    code = main(["sample", str(run), "--prior", prior, "--n", str(n), "--out", str(run / "samples"), "--seed", "0"])
+    code = main(
+        [
+            "sample",
+            str(run),
+            "--prior",
+            prior,
+            "--n",
+            str(n),
+            "--out",
+            str(run / "samples"),
+            "--seed",
+            "0",
+        ]
+    )
     if code != 0:
         raise RuntimeError(f"sampling from {run} failed (exit {code})")

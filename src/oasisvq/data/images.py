@@ -39,7 +39,10 @@ def read_gray8(path: str | Path) -> np.ndarray:
                 mode = "RGB"
             if mode in ("RGB", "RGBA"):
                 arr = np.asarray(im.convert("RGB"))
-                if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+                if not (
+                    np.array_equal(arr[..., 0], arr[..., 1])
+                    and np.array_equal(arr[..., 0], arr[..., 2])
+                ):
                     raise DataError(path, f"{mode} colour image; expected 8-bit grayscale")
                 return np.ascontiguousarray(arr[..., 0])
             if mode == "LA":

@@ -157,7 +157,9 @@ def _load_cached(folder: Path) -> Splits:
     return out
 
 
-def load_splits(root: str | Path | None, opts: DataOptions | None = None, cache: bool = True) -> Splits:
+def load_splits(
+    root: str | Path | None, opts: DataOptions | None = None, cache: bool = True
+) -> Splits:
     """Read every split of a data root. Images are decoded once and cached as
     memory-mapped ``uint8`` arrays (shared by all processes on a machine)."""
     opts = opts or DataOptions()
@@ -176,5 +178,8 @@ def load_splits(root: str | Path | None, opts: DataOptions | None = None, cache:
 
 def get_split(splits: Splits, name: str, root: object = None) -> SliceSet:
     if name not in splits:
-        raise DataError(root if root is not None else "data", f"has no '{name}' split (found: {', '.join(splits)})")
+        raise DataError(
+            root if root is not None else "data",
+            f"has no '{name}' split (found: {', '.join(splits)})",
+        )
     return splits[name]

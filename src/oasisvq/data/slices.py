@@ -38,7 +38,9 @@ class SliceSet:
             self.ages = np.full(n, np.nan, np.float32)
         for name in ("subjects", "sources", "classes", "positions", "ages"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"SliceSet.{name} has {len(getattr(self, name))} entries for {n} images")
+                raise ValueError(
+                    f"SliceSet.{name} has {len(getattr(self, name))} entries for {n} images"
+                )
 
     def __len__(self) -> int:
         return len(self.images)

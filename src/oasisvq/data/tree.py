@@ -83,7 +83,12 @@ def load_folder(path: Path, size: int, fit: str = "resize", skip_bad: bool = Fal
 
 
 def _slice_set(
-    files: list[Path], labels: list[str], class_names: list[str], size: int, fit: str, skip_bad: bool
+    files: list[Path],
+    labels: list[str],
+    class_names: list[str],
+    size: int,
+    fit: str,
+    skip_bad: bool,
 ) -> SliceSet:
     images, kept, skipped = decode_files(files, size, fit, skip_bad)
     if not kept:

@@ -111,7 +111,9 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
 class FeatureTask:
     """Rotation + class + position prediction, for the shared engine."""
 
-    def __init__(self, model: FeatureNet, train: SliceSet, val: SliceSet | None, batch_size: int) -> None:
+    def __init__(
+        self, model: FeatureNet, train: SliceSet, val: SliceSet | None, batch_size: int
+    ) -> None:
         self.model = model
         self.train_set = LabelledImages(train)
         self.val = val
@@ -167,7 +169,11 @@ class FeatureTask:
                 sums[k] = sums.get(k, 0.0) + float(v)
             batches += 1
         torch.set_rng_state(gen)
-        names = {"rotation": "val_rotation_loss", "cls": "val_class_loss", "pos": "val_position_loss"}
+        names = {
+            "rotation": "val_rotation_loss",
+            "cls": "val_class_loss",
+            "pos": "val_position_loss",
+        }
         return {names.get(k, f"val_{k}"): v / batches for k, v in sums.items()}
 
 
@@ -180,7 +186,9 @@ def _collate(s: SliceSet, idx: np.ndarray) -> dict[str, Tensor]:
 
 
 def feature_key(data_root: str | None, data_options: dict) -> str:
-    return hashlib.sha1(json.dumps([str(data_root), data_options], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha1(
+        json.dumps([str(data_root), data_options], sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
 
 
 def feature_net(
@@ -208,10 +216,19 @@ def feature_net(
         elif checkpoint.load_state(ckpt).get("epoch") == epochs:
             checkpoint.load_weights(ckpt, model)
             return model.eval()
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=2e-3, weight_decay=1e-4, device=device, channels_last=False)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=2e-3,
+        weight_decay=1e-4,
+        device=device,
+        channels_last=False,
+    )
     config = {
         "kind": "features",
-        "task": "rotation (4-way)" + (" + class" if n_classes > 1 else "") + (" + position" if with_position else ""),
+        "task": "rotation (4-way)"
+        + (" + class" if n_classes > 1 else "")
+        + (" + position" if with_position else ""),
         "n_classes": n_classes,
         "with_position": with_position,
         "train": dataclasses.asdict(cfg),
@@ -225,7 +242,9 @@ def feature_net(
 
 
 @torch.no_grad()
-def extract(model: FeatureNet, images: np.ndarray | Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+def extract(
+    model: FeatureNet, images: np.ndarray | Tensor, batch_size: int = 256
+) -> dict[str, np.ndarray]:
     """Features and head outputs of images ``(N, S, S)`` (uint8, or float in [0, 1]).
 
     Returns ``features (N, 128)`` float64, ``cls_prob (N, C)`` when the net has a class
@@ -233,7 +252,8 @@ def extract(model: FeatureNet, images: np.ndarray | Tensor, batch_size: int = 25
     device = next(model.parameters()).device
     out: dict[str, list] = {"features": [], "cls_prob": [], "pos": []}
     for s in range(0, len(images), batch_size):
-        x = torch.as_tensor(np.asarray(images[s : s + batch_size]))
+        chunk = images[s : s + batch_size]
+        x = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))
         x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float())[:, None].to(device)
         f = model.features(x)
         out["features"].append(f.double().cpu())
@@ -256,7 +276,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets of shapes {a.shape} and {b.shape}: expected (n, d) and (m, d)")
+        raise ValueError(
+            f"feature sets of shapes {a.shape} and {b.shape}: expected (n, d) and (m, d)"
+        )
     if len(a) < 2 or len(b) < 2:
         raise ValueError("need at least two feature vectors per set")
     mu_a, mu_b = a.mean(0), b.mean(0)

@@ -18,7 +18,9 @@ from oasisvq.model.vqvae import VQVAE
 from oasisvq.train.vqvae_task import reconstruct_all
 
 
-def evaluate_slices(model: VQVAE, slices: SliceSet, device: torch.device, batch_size: int = 64) -> tuple[dict, dict]:
+def evaluate_slices(
+    model: VQVAE, slices: SliceSet, device: torch.device, batch_size: int = 64
+) -> tuple[dict, dict]:
     """Reconstruct ``slices`` in fp32 and summarise. Returns ``(summary, per_image)``."""
     r = reconstruct_all(model, slices.images, device, batch_size, keep=True)
     q = model.cfg.quantizer
@@ -40,7 +42,9 @@ def evaluate_slices(model: VQVAE, slices: SliceSet, device: torch.device, batch_
     return summary, r
 
 
-def write_report(out_dir: Path, slices: SliceSet, summary: dict, r: dict, json_path: Path | None = None) -> None:
+def write_report(
+    out_dir: Path, slices: SliceSet, summary: dict, r: dict, json_path: Path | None = None
+) -> None:
     """Write summary JSON, per-image CSV and the reconstruction figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=2)

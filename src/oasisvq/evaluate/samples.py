@@ -20,7 +20,9 @@ split (``test``, else ``validate``):
   rotations, and classes / slice positions where known), beside the same distance
   between the held-out split and an equally large subset of the training split
   (its scale) and between the held-out images and their reconstructions (what the
-  VQ-VAE alone costs);
+  VQ-VAE alone costs). Decoded images are blurrier than real ones, which the features
+  see, so the prior's own share is given apart: samples against reconstructions of
+  the held-out images, beside held-out against training reconstructions (its scale);
 * for conditional priors: NLL with the true, a wrong and an unknown condition, and
   whether samples show the condition they were drawn with (by the feature network's
   class / position heads).
@@ -51,7 +53,9 @@ PREFILTER_SIZE = 32
 
 def _as_float(images: np.ndarray | Tensor) -> Tensor:
     """``(N, S, S)`` uint8 or float -> float32 tensor in [0, 1]."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    x = (
+        images if isinstance(images, Tensor) else torch.from_numpy(np.array(images))
+    )  # copy: maps are read-only
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
@@ -86,7 +90,11 @@ def nearest_neighbours(
         q = _as_float(queries[s : s + batch_size])
         b = len(q)
         x = q[:, None].expand(b, k, *q.shape[1:]).reshape(b * k, 1, *q.shape[1:])
-        y = _as_float(np.asarray(refs)[cand.flatten().numpy()] if not isinstance(refs, Tensor) else refs[cand.flatten()])[:, None]
+        y = _as_float(
+            np.asarray(refs)[cand.flatten().numpy()]
+            if not isinstance(refs, Tensor)
+            else refs[cand.flatten()]
+        )[:, None]
         scores = metrics.ssim(x, y).view(b, k)
         j = scores.argmax(1)
         best_idx.append(cand[torch.arange(b), j])
@@ -235,10 +243,18 @@ def evaluate_samples(
     summary["nll_bits_per_cell"] = float(nll.mean()) / cfg.cells
     if cfg.condition:
         wrong = _wrong_condition(cfg, held_codes, rng)
-        unknown = {"cls": np.full(len(held), -1), "pos": np.full(len(held), np.nan, np.float32), "age": np.full(len(held), np.nan, np.float32)}
+        unknown = {
+            "cls": np.full(len(held), -1),
+            "pos": np.full(len(held), np.nan, np.float32),
+            "age": np.full(len(held), np.nan, np.float32),
+        }
         summary["nll_bits_per_image_true_condition"] = summary["nll_bits_per_image"]
-        summary["nll_bits_per_image_wrong_condition"] = float(nll_per_image(p, held_codes, dev, cond_override=wrong).mean())
-        summary["nll_bits_per_image_unknown_condition"] = float(nll_per_image(p, held_codes, dev, cond_override=unknown).mean())
+        summary["nll_bits_per_image_wrong_condition"] = float(
+            nll_per_image(p, held_codes, dev, cond_override=wrong).mean()
+        )
+        summary["nll_bits_per_image_unknown_condition"] = float(
+            nll_per_image(p, held_codes, dev, cond_override=unknown).mean()
+        )
 
     # ---- samples (conditional priors: conditions drawn from the training split)
     cond, cond_idx = None, None
@@ -246,7 +262,7 @@ def evaluate_samples(
         cond_idx = rng.integers(0, len(train_codes), n)
         cond = train_codes.cond(cond_idx)
     t0 = time.perf_counter()
-    codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size, precision)
+    codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size)
     t1 = time.perf_counter()
     samples = decode_codes(model, codes, precision=precision).numpy()
     summary["sampling_seconds"] = t1 - t0
@@ -265,7 +281,13 @@ def evaluate_samples(
     )
     key = json.dumps({"vqvae": vqvae_fingerprint(run_dir), "n": len(train)})
     train_recon = _cached_recon(run_dir, "train", train_codes.codes, model, key)
-    held_recon = _cached_recon(run_dir, split, held_codes.codes, model, json.dumps({"vqvae": vqvae_fingerprint(run_dir), "n": len(held)}))
+    held_recon = _cached_recon(
+        run_dir,
+        split,
+        held_codes.codes,
+        model,
+        json.dumps({"vqvae": vqvae_fingerprint(run_dir), "n": len(held)}),
+    )
     rnn_idx, rnn_ssim = nearest_neighbours(samples, train_recon, candidates)
     _, rreal_ssim = nearest_neighbours(held_recon, train_recon, candidates)
     rthreshold = float(np.percentile(rreal_ssim, 99))
@@ -275,8 +297,12 @@ def evaluate_samples(
         nn_ssim_real_mean_recon_space=float(rreal_ssim.mean()),
         nn_ssim_real_p99_recon_space=rthreshold,
         memorised_share_recon_space=float((rnn_ssim > rthreshold).mean()),
-        exact_code_copy_share=float(np.mean([g.tobytes() in train_grids for g in codes.numpy().astype(np.int16)])),
-        held_out_exact_code_copy_share=float(np.mean([g.tobytes() in train_grids for g in held_codes.codes.astype(np.int16)])),
+        exact_code_copy_share=float(
+            np.mean([g.tobytes() in train_grids for g in codes.numpy().astype(np.int16)])
+        ),
+        held_out_exact_code_copy_share=float(
+            np.mean([g.tobytes() in train_grids for g in held_codes.codes.astype(np.int16)])
+        ),
     )
 
     # ---- diversity
@@ -289,12 +315,15 @@ def evaluate_samples(
     )
 
     # ---- Frechet distance in the features of a network trained on the data
-    fnet = feature_net(run_dir, root, vq["data"], train, splits.get("validate"), feature_epochs, device)
+    fnet = feature_net(
+        run_dir, root, vq["data"], train, splits.get("validate"), feature_epochs, device
+    )
     f_held = extract(fnet, held.images)
     f_samples = extract(fnet, samples)
     ref_idx = rng.choice(len(train), size=min(n, len(train)), replace=False)
     f_train = extract(fnet, np.asarray(train.images)[np.sort(ref_idx)])
     f_recon = extract(fnet, held_recon)
+    f_train_recon = extract(fnet, train_recon[np.sort(ref_idx)])
     summary.update(
         feature_network="CNN trained on the training split to predict the rotation (0/90/180/270) of a slice"
         + (", its class" if fnet.cls is not None else "")
@@ -304,6 +333,13 @@ def evaluate_samples(
         frechet_distance_real_vs_real=frechet_distance(f_held["features"], f_train["features"]),
         frechet_distance_reconstructions=frechet_distance(f_held["features"], f_recon["features"]),
         frechet_real_reference=f"{split} ({len(held)}) vs {len(ref_idx)} random training images",
+        # the prior alone: samples against reconstructions of real images (same decoder on both sides)
+        frechet_distance_vs_reconstructions=frechet_distance(
+            f_recon["features"], f_samples["features"]
+        ),
+        frechet_distance_reconstructions_real_vs_real=frechet_distance(
+            f_recon["features"], f_train_recon["features"]
+        ),
     )
 
     # ---- class / position balance of samples, by the feature network's heads
@@ -311,29 +347,62 @@ def evaluate_samples(
         names = list(train.class_names)
         pred = f_samples["cls_prob"].argmax(1)
         known_train = train.classes[train.classes >= 0]
+        recon_pred = f_recon["cls_prob"].argmax(1)
         summary["sample_class_share"] = {c: float((pred == i).mean()) for i, c in enumerate(names)}
-        summary["train_class_share"] = {c: float((known_train == i).mean()) for i, c in enumerate(names)}
+        summary["train_class_share"] = {
+            c: float((known_train == i).mean()) for i, c in enumerate(names)
+        }
+        # the reference for decoded images: what the classifier makes of real reconstructions
+        summary["held_out_recon_class_share"] = {
+            c: float((recon_pred == i).mean()) for i, c in enumerate(names)
+        }
         real_pred = f_held["cls_prob"].argmax(1)
         known = held.classes >= 0
-        summary["class_accuracy_real"] = float((real_pred[known] == held.classes[known]).mean()) if known.any() else math.nan
+        summary["class_accuracy_real"] = (
+            float((real_pred[known] == held.classes[known]).mean()) if known.any() else math.nan
+        )
         if cond is not None and "class" in cfg.condition:
             wanted = train_codes.classes[cond_idx]
             summary["class_agreement_samples"] = float((pred == wanted).mean())
     if "pos" in f_samples:
         known = np.isfinite(held.positions)
-        summary["position_mae_real"] = float(np.abs(f_held["pos"][known] - held.positions[known]).mean()) if known.any() else math.nan
+        summary["position_mae_real"] = (
+            float(np.abs(f_held["pos"][known] - held.positions[known]).mean())
+            if known.any()
+            else math.nan
+        )
         if cond is not None and "position" in cfg.condition:
             wanted = train_codes.positions[cond_idx]
             ok = np.isfinite(wanted)
-            summary["position_mae_samples"] = float(np.abs(f_samples["pos"][ok] - wanted[ok]).mean())
+            summary["position_mae_samples"] = float(
+                np.abs(f_samples["pos"][ok] - wanted[ok]).mean()
+            )
 
     # ---- figures and files
     out = Path(out_dir) if out_dir is not None else run_dir / "priors" / name / "eval-samples"
     k = min(16, n)
-    nearest_neighbour_figure(samples[:k], np.asarray(train.images)[nn_idx[:k]] / 255.0, nn_ssim[:k], out / "nearest_neighbours.png", n=k)
-    nearest_neighbour_figure(samples[:k], train_recon[rnn_idx[:k]] / 255.0, rnn_ssim[:k], out / "nearest_neighbours_recon_space.png", n=k)
+    nearest_neighbour_figure(
+        samples[:k],
+        np.asarray(train.images)[nn_idx[:k]] / 255.0,
+        nn_ssim[:k],
+        out / "nearest_neighbours.png",
+        n=k,
+    )
+    nearest_neighbour_figure(
+        samples[:k],
+        train_recon[rnn_idx[:k]] / 255.0,
+        rnn_ssim[:k],
+        out / "nearest_neighbours_recon_space.png",
+        n=k,
+    )
     order = np.argsort(-rnn_ssim)[:k]  # the samples closest to a training reconstruction
-    nearest_neighbour_figure(samples[order], train_recon[rnn_idx[order]] / 255.0, rnn_ssim[order], out / "closest_to_training.png", n=k)
+    nearest_neighbour_figure(
+        samples[order],
+        train_recon[rnn_idx[order]] / 255.0,
+        rnn_ssim[order],
+        out / "closest_to_training.png",
+        n=k,
+    )
     samples_figure(samples, codes, out / "samples.png", n=min(64, n), n_codes=cfg.codebook_size)
     np.save(out / "codes.npy", codes.numpy().astype(np.int16))
     summary["figures"] = str(out)

@@ -25,7 +25,9 @@ def _up(cin: int, cout: int, stride: int) -> nn.ConvTranspose2d:
 class SeedEncoder(nn.Sequential):
     """Conv 3x3 stride 2 with 32, 32, 64, 64 filters, Conv 3x3 128, all ReLU, then 1x1 to ``dim``."""
 
-    def __init__(self, dim: int, widths: tuple[int, ...] = (32, 32, 64, 64), top: int = 128) -> None:
+    def __init__(
+        self, dim: int, widths: tuple[int, ...] = (32, 32, 64, 64), top: int = 128
+    ) -> None:
         layers: list[nn.Module] = []
         cin = 1
         for w in widths:
@@ -38,7 +40,9 @@ class SeedEncoder(nn.Sequential):
 class SeedDecoder(nn.Sequential):
     """ConvTranspose 3x3: 128 (stride 1), 64, 64, 32, 32 (stride 2), ReLU; then 1 filter, linear."""
 
-    def __init__(self, dim: int, widths: tuple[int, ...] = (64, 64, 32, 32), top: int = 128) -> None:
+    def __init__(
+        self, dim: int, widths: tuple[int, ...] = (64, 64, 32, 32), top: int = 128
+    ) -> None:
         layers: list[nn.Module] = [_up(dim, top, 1), nn.ReLU()]
         cin = top
         for w in widths:
@@ -54,8 +58,12 @@ class ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(min(8, ch // 4), ch), nn.SiLU(), _conv(ch, ch),
-            nn.GroupNorm(min(8, ch // 4), ch), nn.SiLU(), _conv(ch, ch),
+            nn.GroupNorm(min(8, ch // 4), ch),
+            nn.SiLU(),
+            _conv(ch, ch),
+            nn.GroupNorm(min(8, ch // 4), ch),
+            nn.SiLU(),
+            _conv(ch, ch),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -68,7 +76,9 @@ class ResEncoder(nn.Module):
     ``widths[i]`` is the channel count after the i-th downsampling.
     """
 
-    def __init__(self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int) -> None:
+    def __init__(
+        self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv(1, widths[0] // 2)]
         cin = widths[0] // 2
@@ -87,7 +97,9 @@ class ResEncoder(nn.Module):
 class ResDecoder(nn.Module):
     """Mirror of ``ResEncoder``: 1x1 from ``dim``, residual blocks, nearest upsample + conv per level."""
 
-    def __init__(self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int) -> None:
+    def __init__(
+        self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int
+    ) -> None:
         super().__init__()
         cin = widths[-1]
         layers: list[nn.Module] = [nn.Conv2d(dim, cin, 1)]

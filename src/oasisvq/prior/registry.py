@@ -25,7 +25,9 @@ class PriorConfig:
     # --- pixelcnn (the report's layers)
     filters: int = 128  # masked type A 7x7 conv and the type B 1x1 layers
     first_kernel: int = 7
-    residual_blocks: int = 4  # 1x1 conv -> masked type B 3x3 conv (filters // 2) -> 1x1 conv, + skip
+    residual_blocks: int = (
+        4  # 1x1 conv -> masked type B 3x3 conv (filters // 2) -> 1x1 conv, + skip
+    )
     head_layers: int = 4  # masked type B 1x1 conv layers after the residual blocks
     # --- transformer (GPT-style decoder over the raster-flattened grid)
     d_model: int = 128
@@ -36,7 +38,9 @@ class PriorConfig:
     dropout: float = 0.1
     # --- conditioning: any of "class", "position", "age"; () is unconditional
     condition: tuple[str, ...] = ()
-    cond_dropout: float = 0.1  # training: share of examples whose condition is replaced by "unknown"
+    cond_dropout: float = (
+        0.1  # training: share of examples whose condition is replaced by "unknown"
+    )
     # --- training defaults (TrainConfig fields)
     epochs: int = 30
     batch_size: int = 64
@@ -119,7 +123,9 @@ def get_prior_config(name: str, **overrides: object) -> PriorConfig:
     known = {f.name for f in fields(PriorConfig)}
     bad = sorted(k for k in overrides if k not in known)
     if bad:
-        raise ConfigError(f"unknown prior option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown prior option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}"
+        )
     set_ = {k: v for k, v in overrides.items() if v is not None}
     if "condition" in set_:
         set_["condition"] = parse_condition(set_["condition"])
@@ -134,7 +140,9 @@ def parse_condition(value: object) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(s.strip() for s in items if s.strip() and s.strip() != "none"))
     bad = [c for c in out if c not in CONDITIONS]
     if bad:
-        raise ConfigError(f"unknown condition(s) {', '.join(bad)}; choose from {', '.join(CONDITIONS)}")
+        raise ConfigError(
+            f"unknown condition(s) {', '.join(bad)}; choose from {', '.join(CONDITIONS)}"
+        )
     return out
 
 
@@ -153,4 +161,11 @@ def build_prior(cfg: PriorConfig) -> nn.Module:
     raise ConfigError(f"unknown prior arch {cfg.arch!r}")
 
 
-__all__ = ["CONDITIONS", "PRIORS", "PriorConfig", "build_prior", "get_prior_config", "parse_condition"]
+__all__ = [
+    "CONDITIONS",
+    "PRIORS",
+    "PriorConfig",
+    "build_prior",
+    "get_prior_config",
+    "parse_condition",
+]

@@ -59,14 +59,20 @@ def _fill_from_data(cfg: PriorConfig, vq: dict, train: SliceSet) -> PriorConfig:
     fill: dict = {"codebook_size": m["quantizer"]["codebook_size"], "grid": (grid, grid)}
     if "class" in cfg.condition:
         if not train.class_names or (train.classes < 0).all():
-            raise ConfigError("--condition class: the training split has no class labels (class folders)")
+            raise ConfigError(
+                "--condition class: the training split has no class labels (class folders)"
+            )
         fill["class_names"] = tuple(train.class_names)
     if "position" in cfg.condition and not np.isfinite(train.positions).any():
-        raise ConfigError("--condition position: the data gives no slice positions (OASIS PNG slices or volumes do)")
+        raise ConfigError(
+            "--condition position: the data gives no slice positions (OASIS PNG slices or volumes do)"
+        )
     if "age" in cfg.condition:
         ages = train.ages[np.isfinite(train.ages)]
         if len(ages) == 0:
-            raise ConfigError("--condition age: the data gives no ages (a participants.csv with an age column)")
+            raise ConfigError(
+                "--condition age: the data gives no ages (a participants.csv with an age column)"
+            )
         fill["age_mean"] = float(ages.mean())
         fill["age_std"] = float(ages.std()) if len(ages) > 1 and ages.std() > 0 else 1.0
     return dataclasses.replace(cfg, **fill)
@@ -103,7 +109,10 @@ def train_prior(
             train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
         data_root = saved.get("data_root") if data_root is None else data_root
         if saved.get("vqvae", {}).get("checkpoint") != vqvae_fingerprint(run_dir):
-            print(f"warning: the VQ-VAE of {run_dir} changed since this prior started", file=sys.stderr)
+            print(
+                f"warning: the VQ-VAE of {run_dir} changed since this prior started",
+                file=sys.stderr,
+            )
     else:
         cfg = get_prior_config(prior, condition=condition, **(options or {}))
         set_ = {k: v for k, v in train_overrides.items() if v is not None}
@@ -156,7 +165,12 @@ def train_prior_on_codes(
     out = Path(out)
     seed_everything(train_cfg.seed)
     model = build_prior(cfg)
-    engine = Engine(PriorTask(model, train, val, train_cfg.batch_size), train_cfg, out, {"kind": "prior", "prior": cfg.to_dict(), "train": train_cfg.to_dict()})
+    engine = Engine(
+        PriorTask(model, train, val, train_cfg.batch_size),
+        train_cfg,
+        out,
+        {"kind": "prior", "prior": cfg.to_dict(), "train": train_cfg.to_dict()},
+    )
     if resume:
         engine.resume()
     return model, engine.fit()
@@ -178,14 +192,20 @@ def resolve_prior_name(run_dir: str | Path, name: str | None) -> str:
     if name is not None:
         if name not in names:
             known = ", ".join(names) or "none"
-            raise ConfigError(f"{run_dir}: no trained prior {name!r} (trained: {known}); run `oasisvq train-prior`")
+            raise ConfigError(
+                f"{run_dir}: no trained prior {name!r} (trained: {known}); run `oasisvq train-prior`"
+            )
         return name
     if not names:
-        raise ConfigError(f"{run_dir}: no prior trained yet; run `oasisvq train-prior {run_dir} --prior NAME`")
+        raise ConfigError(
+            f"{run_dir}: no prior trained yet; run `oasisvq train-prior {run_dir} --prior NAME`"
+        )
     return names[-1]
 
 
-def load_prior(run_dir: str | Path, name: str | None = None, device: str | torch.device = "cpu") -> tuple[Prior, dict]:
+def load_prior(
+    run_dir: str | Path, name: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[Prior, dict]:
     """The trained prior ``RUN/priors/<name>`` in eval mode, and its saved config."""
     name = resolve_prior_name(run_dir, name)
     out = prior_dir(run_dir, name)
@@ -195,7 +215,10 @@ def load_prior(run_dir: str | Path, name: str | None = None, device: str | torch
     model = build_prior(PriorConfig.from_dict(saved["prior"]))
     checkpoint.load_weights(checkpoint.latest(out), model)
     if saved.get("vqvae", {}).get("checkpoint") not in (None, vqvae_fingerprint(Path(run_dir))):
-        print(f"warning: prior {name!r} was trained on codes of another VQ-VAE checkpoint", file=sys.stderr)
+        print(
+            f"warning: prior {name!r} was trained on codes of another VQ-VAE checkpoint",
+            file=sys.stderr,
+        )
     return model.to(device).eval(), saved
 
 

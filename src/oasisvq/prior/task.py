@@ -56,7 +56,11 @@ class PriorTask:
 
 @torch.no_grad()
 def nll_per_image(
-    model: Prior, codes: CodeSet, device: torch.device, batch_size: int = 256, cond_override: dict | None = None
+    model: Prior,
+    codes: CodeSet,
+    device: torch.device,
+    batch_size: int = 256,
+    cond_override: dict | None = None,
 ) -> np.ndarray:
     """Negative log-likelihood of every grid in bits, ``(N,)`` float64, in fp32.
 
@@ -78,7 +82,9 @@ def nll_per_image(
 
 
 @torch.no_grad()
-def evaluate_nll(model: Prior, codes: CodeSet, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+def evaluate_nll(
+    model: Prior, codes: CodeSet, device: torch.device, batch_size: int = 256
+) -> dict[str, float]:
     """Mean NLL (bits per image, nats per cell) and top-1 accuracy of the next code."""
     was = model.training
     model.eval()

@@ -30,7 +30,15 @@ from oasisvq.prior.registry import PriorConfig
 class KVCache:
     """Keys and values of one layer: ``(B, n_kv_heads, T, head_dim)`` each, filled left to right."""
 
-    def __init__(self, batch: int, n_kv: int, length: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        batch: int,
+        n_kv: int,
+        length: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         self.k = torch.empty(batch, n_kv, length, head_dim, device=device, dtype=dtype)
         self.v = torch.empty_like(self.k)
 
@@ -40,7 +48,9 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         d, h, g = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
         if d % h or h % g:
-            raise ValueError(f"d_model {d} must divide by n_heads {h}, and n_heads by n_kv_heads {g}")
+            raise ValueError(
+                f"d_model {d} must divide by n_heads {h}, and n_heads by n_kv_heads {g}"
+            )
         self.n_heads, self.n_kv, self.head_dim = h, g, d // h
         self.q = nn.Linear(d, d)
         self.kv = nn.Linear(d, 2 * g * self.head_dim)
@@ -65,10 +75,11 @@ class CausalSelfAttention(nn.Module):
         else:
             cache.k[:, :, t : t + 1] = k
             cache.v[:, :, t : t + 1] = v
-            # the rep query heads of a KV group act as rep query positions over one shared cache
-            q = q.view(b, g, rep, hd)
-            y = F.scaled_dot_product_attention(q.to(cache.k.dtype), cache.k[:, :, : t + 1], cache.v[:, :, : t + 1])
-            y = y.reshape(b, 1, d)
+            # the rep query heads of a KV group act as rep query positions over one shared
+            # cache; plain batched matmuls beat SDPA's kernels for one query row on CPUs
+            q = q.view(b, g, rep, hd).to(cache.k.dtype) * hd**-0.5
+            att = q @ cache.k[:, :, : t + 1].transpose(-1, -2)  # (B, g, rep, t+1)
+            y = (att.softmax(-1) @ cache.v[:, :, : t + 1]).reshape(b, 1, d)
         return self.resid_drop(self.proj(y))
 
 
@@ -154,7 +165,10 @@ class TransformerPrior(Prior):
     def new_cache(self, batch: int) -> list[KVCache]:
         attn = self.blocks[0].attn
         p = self.head.weight
-        return [KVCache(batch, attn.n_kv, self.cfg.cells, attn.head_dim, p.device, p.dtype) for _ in self.blocks]
+        return [
+            KVCache(batch, attn.n_kv, self.cfg.cells, attn.head_dim, p.device, p.dtype)
+            for _ in self.blocks
+        ]
 
     def step(self, x: Tensor, t: int, cache: list[KVCache]) -> Tensor:
         """One slot: ``x (B, d)`` is the input of slot ``t`` (embedding of cell t-1, or the

@@ -26,7 +26,12 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def save(
-    run_dir: Path, tag: str, model: torch.nn.Module, config: dict, state: dict[str, Any], keep: int = 2
+    run_dir: Path,
+    tag: str,
+    model: torch.nn.Module,
+    config: dict,
+    state: dict[str, Any],
+    keep: int = 2,
 ) -> Path:
     """Write checkpoint ``tag`` and point LATEST at it; keep the ``keep`` newest."""
     root = run_dir / "checkpoints"
@@ -48,7 +53,10 @@ def save(
 
 
 def _prune(root: Path, keep: int) -> None:
-    tags = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=os.path.getmtime)
+    tags = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=os.path.getmtime,
+    )
     for old in tags[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -76,7 +84,9 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     missing = sorted(set(own) - set(tensors))
     if bad or missing:
         detail = f"shape mismatch for {bad[:3]}" if bad else f"missing {missing[:3]}"
-        raise ConfigError(f"{ckpt}: checkpoint does not fit this model ({detail}); was it trained with another preset?")
+        raise ConfigError(
+            f"{ckpt}: checkpoint does not fit this model ({detail}); was it trained with another preset?"
+        )
     model.load_state_dict(tensors)
 
 

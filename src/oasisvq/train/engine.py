@@ -58,7 +58,11 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int):
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -100,7 +104,10 @@ class Engine:
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=cfg.lr,
         )
         # cfg.batch_size is the global batch: each of the W processes takes batch_size / W
@@ -153,7 +160,9 @@ class Engine:
             "global_batch": self.global_batch,
             "history": self.history.rows,
         }
-        checkpoint.save(self.run_dir, tag, self.model, self.config, state, self.cfg.keep_checkpoints)
+        checkpoint.save(
+            self.run_dir, tag, self.model, self.config, state, self.cfg.keep_checkpoints
+        )
 
     # ------------------------------------------------------------------ loop
     def _loader(self, epoch: int) -> DataLoader:
@@ -163,7 +172,12 @@ class Engine:
         # W-process run match a one-process run and lets a run resume mid-epoch with another W.
         ds = self.task.train_set
         sampler = DistributedSampler(
-            ds, num_replicas=D.world_size(), rank=D.rank(), shuffle=True, seed=self.cfg.seed, drop_last=False
+            ds,
+            num_replicas=D.world_size(),
+            rank=D.rank(),
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=False,
         )
         sampler.set_epoch(epoch)
         return DataLoader(
@@ -226,9 +240,17 @@ class Engine:
         bar.close()
         seconds = time.perf_counter() - start
         steps = max(1, self.step_in_epoch - skip)
-        means = {f"train_{k}": float(D.all_reduce_sum(v.detach().clone()) / (steps * D.world_size())) for k, v in sums.items()}
+        means = {
+            f"train_{k}": float(D.all_reduce_sum(v.detach().clone()) / (steps * D.world_size()))
+            for k, v in sums.items()
+        }
         total = float(D.all_reduce_sum(torch.tensor(float(n_images), device=self.device)))
-        return {**means, **self.task.epoch_metrics(), "epoch_seconds": seconds, "train_images_per_second": total / seconds}
+        return {
+            **means,
+            **self.task.epoch_metrics(),
+            "epoch_seconds": seconds,
+            "train_images_per_second": total / seconds,
+        }
 
     def fit(self) -> History:
         """Train until ``cfg.epochs``; checkpoint after every epoch."""

@@ -16,7 +16,9 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> Path:
         if resume:
             return out
         if not force:
-            raise ConfigError(f"{out}: run directory exists and is not empty; pass --resume to continue it or --force to overwrite it")
+            raise ConfigError(
+                f"{out}: run directory exists and is not empty; pass --resume to continue it or --force to overwrite it"
+            )
         shutil.rmtree(out)
     elif resume:
         raise ConfigError(f"{out}: nothing to resume (no such run directory)")

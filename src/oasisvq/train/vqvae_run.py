@@ -18,13 +18,17 @@ from oasisvq.train.rundir import prepare_run_dir
 from oasisvq.train.vqvae_task import VQVAETask
 
 
-def _resumed_configs(out: Path, preset: str | None) -> tuple[VQVAEConfig, TrainConfig, DataOptions, str | None]:
+def _resumed_configs(
+    out: Path, preset: str | None
+) -> tuple[VQVAEConfig, TrainConfig, DataOptions, str | None]:
     saved = checkpoint.read_config(out)
     if saved.get("kind") != "vqvae":
         raise ConfigError(f"{out}: not a VQ-VAE run (kind={saved.get('kind')!r})")
     model_cfg = VQVAEConfig.from_dict(saved["model"])
     if preset is not None and preset != model_cfg.name:
-        raise ConfigError(f"{out}: checkpoint was trained with preset {model_cfg.name!r}, not {preset!r}")
+        raise ConfigError(
+            f"{out}: checkpoint was trained with preset {model_cfg.name!r}, not {preset!r}"
+        )
     data = saved["data"]
     data["split_fractions"] = tuple(data["split_fractions"])
     return model_cfg, TrainConfig(**saved["train"]), DataOptions(**data), saved["data_root"]
@@ -66,7 +70,12 @@ def train_vqvae(
     val = splits.get("validate")
     for name, s in splits.items():
         if s.skipped:
-            print(f"skipped {len(s.skipped)} bad file(s) in {name}:", *s.skipped, sep="\n  ", file=sys.stderr)
+            print(
+                f"skipped {len(s.skipped)} bad file(s) in {name}:",
+                *s.skipped,
+                sep="\n  ",
+                file=sys.stderr,
+            )
     config = {
         "kind": "vqvae",
         "model": model_cfg.to_dict(),

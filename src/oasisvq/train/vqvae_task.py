@@ -29,7 +29,9 @@ def reconstruction_loss(recon: Tensor, x: Tensor, cfg: VQVAEConfig) -> Tensor:
 
 
 class VQVAETask:
-    def __init__(self, model: VQVAE, train: SliceSet, val: SliceSet | None, batch_size: int) -> None:
+    def __init__(
+        self, model: VQVAE, train: SliceSet, val: SliceSet | None, batch_size: int
+    ) -> None:
         self.model = model
         self.cfg = model.cfg
         self.train_set = ImageDataset(train)
@@ -53,7 +55,10 @@ class VQVAETask:
 
     def epoch_metrics(self) -> dict[str, float]:
         counts = D.all_reduce_sum(self.counts.clone())
-        return {"train_codes_used": metrics.codes_used(counts), "train_perplexity": metrics.perplexity(counts)}
+        return {
+            "train_codes_used": metrics.codes_used(counts),
+            "train_perplexity": metrics.perplexity(counts),
+        }
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
@@ -72,7 +77,11 @@ class VQVAETask:
 
 @torch.no_grad()
 def reconstruct_all(
-    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64, keep: bool = False
+    model: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int = 64,
+    keep: bool = False,
 ) -> dict[str, np.ndarray]:
     """Pass ``images (N, S, S) uint8`` through encoder, quantizer and decoder.
 
@@ -85,7 +94,9 @@ def reconstruct_all(
     out: dict[str, list] = {k: [] for k in ("ssim", "ms_ssim", "psnr", "mse", "recon", "codes")}
     counts = None
     for start in range(0, len(images), batch_size):
-        x = to_unit(torch.from_numpy(np.array(images[start : start + batch_size])).unsqueeze(1), device)
+        x = to_unit(
+            torch.from_numpy(np.array(images[start : start + batch_size])).unsqueeze(1), device
+        )
         recon, codes, _ = model(x)
         recon, x = recon.float().clamp(0, 1).contiguous(), x.contiguous()
         with torch.autocast(device.type, enabled=False):
