@@ -170,6 +170,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
             )
         device = engine.device
         losses: list[float] = []
+        times: list[float] = []
         n_images, steps, epoch, steady = 0, 0, 0, None
         engine.model.train()
         if device.type == "cuda":
@@ -186,6 +187,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
                 x = task.to_device(batch, device)
                 logs = engine._step(x)
                 losses.append(float(logs["loss"]))
+                times.append(time.perf_counter() - start)
                 n_images += len(x)
                 steps += 1
                 if steps == args.warmup_steps:
@@ -234,6 +236,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
             "images_per_second_after_warmup": rate_steady,
             "images_per_cpu_second": n_images / cpu_seconds if cpu_seconds else None,
             "final_loss": float(np.mean(tail)) if tail else None,
+            "loss_curve": _curve(times, losses),
             "codes_used_last_epoch": int((train_counts > 0).sum()),
             "peak_rss_mib": train_rss,
             "cuda_peak_allocated_mib": cuda_peak,
@@ -247,6 +250,53 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         "device": str(device),
         "machine": machine_info(),
     }
+
+
+def _curve(times: list[float], losses: list[float], points: int = 200) -> list[list[float]]:
+    """``[[seconds, loss], ...]``: the loss averaged over ``points`` equal runs of steps."""
+    if not losses:
+        return []
+    edges = np.linspace(0, len(losses), min(points, len(losses)) + 1).astype(int)
+    return [
+        [float(times[b - 1]), float(np.mean(losses[a:b]))]
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        if b > a
+    ]
+
+
+def plot(result: dict, path: Path) -> None:
+    """Training loss against wall-clock seconds for both models, and their SSIM and rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8))
+    who = (("ours", "oasisvq", "C0"), ("peer", f"MONAI {result['monai']}", "C1"))
+    for key, label, colour in who:
+        curve = np.array(result[key]["train"].get("loss_curve") or [[0, np.nan]])
+        ax.plot(curve[:, 0] / 60, curve[:, 1], color=colour, label=label)
+    ax.set(xlabel="training minutes", ylabel="training loss", yscale="log", title="loss")
+    ax.legend()
+    labels = [label for _, label, _ in who]
+    colours = [c for _, _, c in who]
+    ssim = [result[k]["eval"]["ssim_mean"] for k, _, _ in who]
+    rate = [result[k]["train"]["images_per_second"] or 0 for k, _, _ in who]
+    for axis, values, name in ((bx, ssim, "SSIM (validation)"), (cx, rate, "train images / s")):
+        axis.bar(labels, values, color=colours)
+        for i, v in enumerate(values):
+            axis.text(i, v, f"{v:.3g}", ha="center", va="bottom")
+        axis.set(title=name)
+    grid = "x".join(str(g) for g in result["ours"].get("code_grid", []))
+    cfg = f"({grid} grid, {result['ours']['eval']['codebook_size']} codes)"
+    fig.suptitle(
+        f"preset {result['preset']} {cfg}: same engine, loss, batches and budget "
+        f"({result['machine']['cpu']})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def measure_ours_run(args: argparse.Namespace) -> dict:
@@ -410,6 +460,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=_json_default))
+    plot(result, out.with_suffix(".png"))
     show = {
         who: {
             "ssim": round(r["eval"]["ssim_mean"], 4),

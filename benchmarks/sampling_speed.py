@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
+from plots import bar_panels  # noqa: E402
 
 from oasisvq.api import VQModel, load  # noqa: E402
 from oasisvq.model.presets import get_preset  # noqa: E402
@@ -158,6 +159,15 @@ def main() -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
+    bar_panels(
+        Path(args.out).with_suffix(".png"),
+        [f"{r['prior']} {r['grid']} {r['mode']}, decode {r['decode_precision']}" for r in results],
+        [
+            ("images / s (sampling + decoding)", [r["images_per_second"] for r in results]),
+            ("seconds per 1000 images", [r["seconds_per_1000"] for r in results]),
+        ],
+        f"{out['machine']['cpu']}, {out['machine']['torch_threads']} threads",
+    )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
+from plots import bar_panels  # noqa: E402
 
 from oasisvq.data.slices import SliceSet  # noqa: E402
 from oasisvq.data.torch_dataset import to_unit  # noqa: E402
@@ -348,6 +349,22 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    labels = [f"{r['preset']} {r['variant']} ({r['device_type']})" for r in rows]
+
+    def rate(row: dict, part: str) -> float | None:
+        m = row.get(part) or {}
+        return m.get("images_per_second") if m.get("ok") else None
+
+    bar_panels(
+        out.with_suffix(".png"),
+        labels,
+        [
+            ("training images / s", [rate(r, "train") for r in rows]),
+            ("inference images / s", [rate(r, "inference") for r in rows]),
+            ("peak resident memory (MiB)", [r.get("peak_rss_mib") for r in rows]),
+        ],
+        f"{result['machine']['cpu']}, {args.threads} CPU threads",
+    )
     return 0
 
 

@@ -146,6 +146,30 @@ def throughput_rows() -> list[str]:
     return rows
 
 
+def sampling_rows() -> list[str]:
+    """Sampling + decoding speed of sampling_speed.json, one row per prior, grid and mode."""
+    path = RESULTS / "sampling_speed.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    m = r["machine"]
+    rows = [
+        "",
+        f"Sampling (`benchmarks/sampling_speed.py`, codes drawn and decoded to 128x128 images, "
+        f"{m['cpu']}, {m['torch_threads']} threads):",
+        "",
+        "| prior | grid, codes | mode | decoding | images | sampling s | decoding s | images/s | s per 1000 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["results"]:
+        rows.append(
+            f"| `{x['prior']}` | {x['grid']}, {x['codebook_size']} | {x['mode']} | {x['decode_precision']} | "
+            f"{x['n']} | {x['sample_seconds']:.2f} | {x['decode_seconds']:.2f} | "
+            f"{x['images_per_second']:.1f} | {x['seconds_per_1000']:.1f} |"
+        )
+    return rows
+
+
 def monai_rows() -> list[str]:
     """Ours beside MONAI's VQ-VAE under the same budget, one pair of rows per monai_*.json."""
     paths = sorted(RESULTS.glob("monai_*.json"))
@@ -156,8 +180,8 @@ def monai_rows() -> list[str]:
         "Ours beside `monai.networks.nets.VQVAE` (`benchmarks/monai_peer.py`: same engine, loss, batches "
         "and budget; evaluated on the same split):",
         "",
-        "| preset | budget | model | params | SSIM | PSNR (dB) | codes used | train img/s | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| preset | budget | model | params | SSIM | PSNR (dB) | codes used | train img/s | peak RSS (MiB) | ours / MONAI |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(v: float | None, spec: str) -> str:
@@ -175,10 +199,17 @@ def monai_rows() -> list[str]:
             label = "ours" if who == "ours" else f"MONAI {r['monai']}"
             if who == "ours" and m.get("run"):
                 label += " (trained run)"
+            ratio = ""
+            if who == "peer":
+                q = r["ratios_ours_over_monai"]
+                ratio = (
+                    f"SSIM x{fmt(q.get('ssim'), '.3f')}, "
+                    f"speed x{fmt(q.get('train_images_per_second'), '.2f')}"
+                )
             rows.append(
                 f"| `{r['preset']}` | {budget} | {label} | {m['params'] / 1e6:.2f} M | {e['ssim_mean']:.3f} | "
                 f"{e['psnr_mean']:.2f} | {e['codes_used']}/{e['codebook_size']} | "
-                f"{fmt(t.get('images_per_second'), '.1f')} | {fmt(t.get('peak_rss_mib'), '.0f')} |"
+                f"{fmt(t.get('images_per_second'), '.1f')} | {fmt(t.get('peak_rss_mib'), '.0f')} | {ratio} |"
             )
     return rows
 
@@ -190,7 +221,12 @@ def main() -> int:
         print(f"{readme}: markers {START} / {END} not found", file=sys.stderr)
         return 1
     table = "\n".join(
-        quality_rows() + prior_rows() + rate_distortion_rows() + throughput_rows() + monai_rows()
+        quality_rows()
+        + prior_rows()
+        + rate_distortion_rows()
+        + monai_rows()
+        + throughput_rows()
+        + sampling_rows()
     )
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)

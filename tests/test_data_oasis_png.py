@@ -154,6 +154,19 @@ def test_missing_mask_is_an_error(tmp_path):
     assert err.value.path == str(gone)
 
 
+def test_ages_from_a_participants_table(tmp_path):
+    make_release(tmp_path)
+    assert np.isnan(load_oasis_png(tmp_path, size=16)["train"].ages).all()  # no table: unknown
+    # subject ids match with or without zero padding / the OASIS prefix; 004 is missing
+    (tmp_path / "participants.csv").write_text("subject,age\n1,70\nOAS1_0002,81.5\n0003,NA\n")
+    splits = load_oasis_png(tmp_path, size=16)
+    assert splits["train"].ages.tolist() == [70.0] * 12 + [81.5] * 3
+    assert np.isnan(splits["validate"].ages).all() and np.isnan(splits["test"].ages).all()
+    (tmp_path / "participants.csv").write_text("subject,age\n1,old\n")
+    with pytest.raises(DataError, match="age 'old' is not a number"):
+        load_oasis_png(tmp_path, size=16)
+
+
 def test_through_the_loader(tmp_path, monkeypatch):
     monkeypatch.setenv("OASISVQ_CACHE", str(tmp_path / "cache"))
     make_release(tmp_path / "data")

@@ -230,6 +230,10 @@ def test_prepared_data_loads_with_the_project_loader(src, tmp_path):
     for split in SPLITS:
         assert len(splits[split]) == summary["slices"][split]
         assert splits[split].images.shape[1:] == (32, 32)
+    # ages come from labels.csv, by subject (OAS1_0001 is 74, OAS1_0004 is 28, ...)
+    age_of = {1: 74, 2: 55, 3: 73, 4: 28, 5: 18, 6: 24}
+    for s in splits.values():
+        assert s.ages.tolist() == [age_of[int(subject)] for subject in s.subjects]
 
 
 def test_cli_prepare(src, tmp_path, capsys):

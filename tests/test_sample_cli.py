@@ -170,25 +170,14 @@ def test_resume_a_prior_run(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert (tiny / "run" / "priors" / "resumed" / "checkpoints" / "epoch-0002").is_dir()
 
 
+def _sample(tiny: Path, out: Path, seed: int) -> int:
+    args = ["--prior", "transformer", "--n", "5", "--out", str(out), "--seed", str(seed)]
+    return _run_cli("sample", str(tiny / "run"), *args, "--device", "cpu")
+
+
 def test_sample_writes_png_npy_and_figure(tiny: Path) -> None:
     out = tiny / "samples"
-    assert (
-        _run_cli(
-            "sample",
-            str(tiny / "run"),
-            "--prior",
-            "transformer",
-            "--n",
-            "5",
-            "--out",
-            str(out),
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-        )
-        == 0
-    )
+    assert _sample(tiny, out, seed=3) == 0
     pngs = sorted((out / "images").glob("*.png"))
     assert len(pngs) == 5
     codes = np.load(out / "codes.npy")
@@ -202,42 +191,10 @@ def test_sample_writes_png_npy_and_figure(tiny: Path) -> None:
     assert np.abs(np.asarray(Image.open(pngs[2])).astype(int) - decoded[2]).max() <= 1
     # the same seed gives the same samples, another seed others
     again = tiny / "again"
-    assert (
-        _run_cli(
-            "sample",
-            str(tiny / "run"),
-            "--prior",
-            "transformer",
-            "--n",
-            "5",
-            "--out",
-            str(again),
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-        )
-        == 0
-    )
+    assert _sample(tiny, again, seed=3) == 0
     assert np.array_equal(np.load(again / "codes.npy"), codes)
     other = tiny / "other"
-    assert (
-        _run_cli(
-            "sample",
-            str(tiny / "run"),
-            "--prior",
-            "transformer",
-            "--n",
-            "5",
-            "--out",
-            str(other),
-            "--seed",
-            "4",
-            "--device",
-            "cpu",
-        )
-        == 0
-    )
+    assert _sample(tiny, other, seed=4) == 0
     assert not np.array_equal(np.load(other / "codes.npy"), codes)
 
 

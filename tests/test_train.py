@@ -66,6 +66,34 @@ def test_deterministic_and_resume_equals_uninterrupted(tiny_tree: Path, tmp_path
     assert [r["epoch"] for r in json.loads((c / "history.json").read_text())] == [1, 2]
 
 
+def test_mid_epoch_crash_resumes_with_the_whole_epoch_logged(
+    tiny_tree: Path, tmp_path: Path, monkeypatch
+):
+    from oasisvq.train.engine import Engine
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(tiny_tree, a, "--epochs", "1", "--checkpoint-every", "2") == 0
+    step, calls = Engine._step, []
+
+    def crashing_step(self, batch):
+        calls.append(1)
+        if len(calls) == 3:  # after the step checkpoint at step 2, in the last step (of 3)
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Engine, "_step", crashing_step)
+    assert _train(tiny_tree, b, "--epochs", "1", "--checkpoint-every", "2") == 130  # "killed"
+    assert checkpoint.latest(b).name == "epoch-0001-step-000002"
+    monkeypatch.setattr(Engine, "_step", step)
+    assert _train(tiny_tree, b, "--epochs", "1", "--checkpoint-every", "2", "--resume") == 0
+    ra, rb = (json.loads((r / "history.json").read_text()) for r in (a, b))
+    assert [r["epoch"] for r in rb] == [1]
+    # the resumed epoch's logs cover all its steps, not only those after the resume
+    for key in ("train_loss", "train_recon", "train_mse", "train_perplexity", "val_ssim"):
+        assert rb[0][key] == pytest.approx(ra[0][key], rel=1e-4), key
+    assert rb[0]["train_codes_used"] == ra[0]["train_codes_used"]
+
+
 def test_run_dir_is_never_overwritten(tiny_tree: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     run.mkdir()

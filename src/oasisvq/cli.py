@@ -152,19 +152,11 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a VQ-VAE")
-    p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
-    p.add_argument(
-        "--preset", default=None, help="model preset (see `oasisvq presets`; default seed)"
-    )
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--epochs", type=int, default=None, help="default: the preset's default_epochs")
-    p.add_argument("--batch-size", type=int, default=None)
+def add_training_options(p: argparse.ArgumentParser, run: str) -> None:
+    """The engine's options, shared by `train` and `train-prior` (``run``: what
+    ``--resume`` continues and ``--force`` overwrites)."""
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument(
-        "--codebook-size", type=int, default=None, help="override the preset's number of codes"
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
@@ -173,8 +165,22 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--resume", action="store_true", help=f"continue {run}")
+    p.add_argument("--force", action="store_true", help=f"overwrite {run}")
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a VQ-VAE")
+    p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
+    p.add_argument(
+        "--preset", default=None, help="model preset (see `oasisvq presets`; default seed)"
+    )
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's default_epochs")
+    p.add_argument(
+        "--codebook-size", type=int, default=None, help="override the preset's number of codes"
+    )
+    add_training_options(p, "the run in --out")
     _data_options(p)
     p.set_defaults(func=_cmd_train)
 

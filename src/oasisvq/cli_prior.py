@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from oasisvq.cli import add_training_options
 from oasisvq.data.errors import ConfigError
 
 
@@ -96,18 +97,7 @@ def _train_prior_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any PriorConfig field, e.g. d_model=192",
     )
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument(
-        "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast precision"
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the prior")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue RUN/priors/NAME")
-    p.add_argument("--force", action="store_true", help="overwrite RUN/priors/NAME")
+    add_training_options(p, "RUN/priors/NAME")
     p.set_defaults(func=_cmd_train_prior)
 
 

@@ -22,6 +22,7 @@ from oasisvq.data.errors import DataError
 from oasisvq.data.images import is_image_file, read_gray8
 from oasisvq.data.slices import SPLIT_NAMES, SliceSet, Splits
 from oasisvq.data.tree import decode_files
+from oasisvq.data.volumes import read_participants
 
 IMAGE_DIR = "keras_png_slices_{split}"
 MASK_DIR = "keras_png_slices_seg_{split}"
@@ -73,10 +74,31 @@ def _positions(keys: list[tuple[str, int]]) -> np.ndarray:
     return np.array([k / max(top[s], 1) for s, k in keys], np.float32)
 
 
+def _subject_key(subject: str) -> str:
+    """``"0042"``, ``"042"`` and ``"OAS1_0042"`` name the same subject."""
+    digits = re.sub(r"^OAS\d_", "", subject.strip())
+    return str(int(digits)) if digits.isdigit() else digits
+
+
+def read_ages(root: Path) -> dict[str, float]:
+    """Ages by subject from ``root/labels.csv`` (written by ``oasisvq prepare``) or
+    ``root/participants.csv`` (columns ``subject`` and ``age``); ``{}`` when neither exists."""
+    for name in ("labels.csv", "participants.csv"):
+        path = Path(root) / name
+        if path.is_file():
+            return {_subject_key(s): age for s, (age, _) in read_participants(path).items()}
+    return {}
+
+
 def load_oasis_split(
-    folder: Path, size: int, fit: str = "resize", skip_bad: bool = False
+    folder: Path,
+    size: int,
+    fit: str = "resize",
+    skip_bad: bool = False,
+    ages: dict[str, float] | None = None,
 ) -> SliceSet:
-    """Read one ``keras_png_slices_<split>`` folder into a :class:`SliceSet`."""
+    """Read one ``keras_png_slices_<split>`` folder into a :class:`SliceSet`; ``ages``
+    (by subject, see :func:`read_ages`) fills ``SliceSet.ages``, NaN where unknown."""
     files, keys, skipped = list_oasis_split(folder, skip_bad)
     if not files:
         raise DataError(folder, "folder holds no case_<subject>_slice_<k>.nii.png images")
@@ -84,11 +106,13 @@ def load_oasis_split(
     if not kept:
         raise DataError(folder, "no readable images (all skipped)")
     keys = [keys[i] for i in kept]
+    ages = ages or {}
     return SliceSet(
         images=images,
         subjects=[s for s, _ in keys],
         sources=[str(files[i]) for i in kept],
         positions=_positions(keys),
+        ages=np.array([ages.get(_subject_key(s), np.nan) for s, _ in keys], np.float32),
         skipped=skipped + bad,
     )
 
@@ -97,13 +121,15 @@ def load_oasis_png(
     root: Path, size: int = 128, fit: str = "resize", skip_bad: bool = False
 ) -> Splits:
     """Read the OASIS PNG release: ``{split: SliceSet}`` with ``(N, size, size) uint8``
-    images, subject ids and slice positions (index / the subject's max index)."""
+    images, subject ids, slice positions (index / the subject's max index) and, when the
+    root holds a ``labels.csv`` or ``participants.csv``, ages."""
     root = Path(root)
+    ages = read_ages(root)
     splits: Splits = {}
     for split in SPLIT_NAMES:
         folder = root / IMAGE_DIR.format(split=split)
         if folder.is_dir():
-            splits[split] = load_oasis_split(folder, size, fit, skip_bad)
+            splits[split] = load_oasis_split(folder, size, fit, skip_bad, ages)
     if not splits:
         raise DataError(root, "no keras_png_slices_{train,validate,test} folders")
     return splits

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from oasisvq.data.slices import SliceSet
 from oasisvq.train import checkpoint
 from oasisvq.train.config import TrainConfig
+from oasisvq.train.engine import EpochStatsless, train_task
 
 INPUT_SIZE = 64
 FEATURE_DIM = 128
@@ -108,7 +109,7 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
     return out, k
 
 
-class FeatureTask:
+class FeatureTask(EpochStatsless):
     """Rotation + class + position prediction, for the shared engine."""
 
     def __init__(
@@ -146,12 +147,6 @@ class FeatureTask:
         losses = self._losses(model, batch)
         total = sum(v for k, v in losses.items() if not k.endswith("_acc"))
         return total, {k: v.detach() for k, v in losses.items()}
-
-    def start_epoch(self) -> None:
-        pass
-
-    def epoch_metrics(self) -> dict[str, float]:
-        return {}
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
@@ -203,7 +198,6 @@ def feature_net(
 ) -> FeatureNet:
     """The feature network of ``data_root``: loaded from ``RUN/features/<key>/`` or trained
     there first (with the shared engine), in eval mode on the CPU."""
-    from oasisvq.train.engine import Engine
 
     out = Path(run_dir) / "features" / feature_key(data_root, data_options)
     n_classes = len(train.class_names) if (train.classes >= 0).any() else 0
@@ -235,9 +229,8 @@ def feature_net(
         "data_root": None if data_root is None else str(data_root),
         "data": data_options,
     }
-    engine = Engine(FeatureTask(model, train, val, cfg.batch_size), cfg, out, config)
-    engine.resume()  # an interrupted training continues
-    engine.fit()
+    # an interrupted training continues
+    train_task(lambda: FeatureTask(model, train, val, cfg.batch_size), cfg, out, config, True)
     return model.cpu().eval()
 
 

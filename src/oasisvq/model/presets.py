@@ -99,6 +99,10 @@ def get_preset(name: str, **overrides: object) -> VQVAEConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     cfg = PRESETS[name]
-    q_keys = {k: v for k, v in overrides.items() if k in QuantizerConfig.__dataclass_fields__ and v is not None}
+    q_keys = {
+        k: v
+        for k, v in overrides.items()
+        if k in QuantizerConfig.__dataclass_fields__ and v is not None
+    }
     rest = {k: v for k, v in overrides.items() if k not in q_keys and v is not None}
     return replace(cfg, quantizer=replace(cfg.quantizer, **q_keys), **rest)

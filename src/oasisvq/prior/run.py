@@ -26,7 +26,7 @@ from oasisvq.prior.task import PriorTask
 from oasisvq.train import checkpoint
 from oasisvq.train import distributed as D
 from oasisvq.train.config import TrainConfig
-from oasisvq.train.engine import Engine, seed_everything
+from oasisvq.train.engine import train_task
 from oasisvq.train.history import History
 from oasisvq.train.rundir import prepare_run_dir
 
@@ -145,12 +145,11 @@ def train_prior(
         "data": dataclasses.asdict(opts),
         "data_root": None if data_root is None else str(Path(data_root).resolve()),
     }
-    seed_everything(train_cfg.seed)  # the initial weights depend on the seed alone
-    task = PriorTask(build_prior(cfg), train_codes, val_codes, train_cfg.batch_size)
-    engine = Engine(task, train_cfg, out, config)
-    if has_ckpt:
-        engine.resume()
-    return engine.fit()
+
+    def make_task() -> PriorTask:
+        return PriorTask(build_prior(cfg), train_codes, val_codes, train_cfg.batch_size)
+
+    return train_task(make_task, train_cfg, out, config, resume=has_ckpt)
 
 
 def train_prior_on_codes(
@@ -162,18 +161,15 @@ def train_prior_on_codes(
     resume: bool = False,
 ) -> tuple[Prior, History]:
     """Train a prior on given code grids (no VQ-VAE involved): tests and experiments."""
-    out = Path(out)
-    seed_everything(train_cfg.seed)
-    model = build_prior(cfg)
-    engine = Engine(
-        PriorTask(model, train, val, train_cfg.batch_size),
-        train_cfg,
-        out,
-        {"kind": "prior", "prior": cfg.to_dict(), "train": train_cfg.to_dict()},
-    )
-    if resume:
-        engine.resume()
-    return model, engine.fit()
+    tasks: list[PriorTask] = []
+
+    def make_task() -> PriorTask:
+        tasks.append(PriorTask(build_prior(cfg), train, val, train_cfg.batch_size))
+        return tasks[0]
+
+    config = {"kind": "prior", "prior": cfg.to_dict(), "train": train_cfg.to_dict()}
+    history = train_task(make_task, train_cfg, out, config, resume)
+    return tasks[0].model, history
 
 
 def trained_priors(run_dir: str | Path) -> list[str]:

@@ -11,11 +11,12 @@ from torch import Tensor, nn
 
 from oasisvq.prior.base import Prior
 from oasisvq.prior.data import CodeDataset, CodeSet
+from oasisvq.train.engine import EpochStatsless
 
 LN2 = math.log(2.0)
 
 
-class PriorTask:
+class PriorTask(EpochStatsless):
     """Batches are ``{"codes": (B, h, w), "cls": (B,), "pos": (B,), "age": (B,)}``; the
     loss is the mean cross-entropy per cell in nats; ``bits_per_image`` is logged beside it."""
 
@@ -34,12 +35,6 @@ class PriorTask:
         logits = model(codes, batch)
         ce = F.cross_entropy(logits.flatten(0, 2).float(), codes.flatten())
         return ce, {"bits_per_image": ce.detach() * self.cells / LN2}
-
-    def start_epoch(self) -> None:
-        pass
-
-    def epoch_metrics(self) -> dict[str, float]:
-        return {}
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:

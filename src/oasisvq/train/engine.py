@@ -11,6 +11,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
@@ -43,6 +44,34 @@ class Task(Protocol):
         """Whole-epoch statistics (e.g. code usage), reduced over ranks."""
 
     def validate(self, model: nn.Module) -> dict[str, float]: ...
+
+    # Optional: ``epoch_state() -> object`` (the whole-epoch statistics so far, reduced
+    # over ranks, JSON-able) and ``load_epoch_state(state)``, so that a run resumed from a
+    # step checkpoint reports its whole epoch.
+
+
+class EpochStatsless:
+    """Mixin for tasks without whole-epoch statistics: no-op ``start_epoch`` and an empty
+    ``epoch_metrics``."""
+
+    def start_epoch(self) -> None:
+        pass
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {}
+
+
+def train_task(
+    make_task: Callable[[], Task], cfg: TrainConfig, out: str | Path, config: dict, resume: bool
+) -> History:
+    """Seed, build the task (its model's initial weights depend on ``cfg.seed`` alone),
+    train it in ``out`` and return the history; ``resume`` continues from ``out``'s
+    latest checkpoint."""
+    seed_everything(cfg.seed)
+    engine = Engine(make_task(), cfg, Path(out), config)
+    if resume:
+        engine.resume()
+    return engine.fit()
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -109,6 +138,7 @@ class Engine:
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=cfg.lr,
+            fused=self.device.type in ("cpu", "cuda"),  # one kernel for all parameters
         )
         # cfg.batch_size is the global batch: each of the W processes takes batch_size / W
         world = D.world_size()
@@ -126,6 +156,10 @@ class Engine:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch, self.step_in_epoch = 0, 0
+        # the running epoch, so that a step checkpoint carries it: per-step logs summed
+        # over steps (each step's value averaged over the ranks), images and seconds
+        self._partial: dict[str, Any] = _empty_partial()
+        self._skip = 0
         self.history = History(self.run_dir)
 
     # ------------------------------------------------------------------ state
@@ -143,13 +177,17 @@ class Engine:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         if state.get("global_batch") != self.global_batch and self.step_in_epoch:
             self.step_in_epoch = 0  # another global batch: the steps differ, redo the epoch
+        partial = state.get("partial")
+        if self.step_in_epoch and partial and partial.get("steps") == self.step_in_epoch:
+            self._partial = partial  # the resumed epoch's log covers its earlier steps too
         self.history = History(self.run_dir, state["history"])
         return True
 
-    def save(self, tag: str) -> None:
+    def save(self, tag: str, partial: dict | None = None) -> None:
         if not D.is_main():
             return
         state = {
+            "partial": partial,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -207,11 +245,30 @@ class Engine:
         self.scheduler.step()
         return {"loss": loss.detach(), **logs}
 
+    def _epoch_so_far(self, sums: dict[str, Tensor], n_images: int, seconds: float) -> dict:
+        """The running epoch as plain numbers, reduced over ranks (a collective: every
+        rank calls it at the same step): what a step checkpoint stores."""
+        world = D.world_size()
+        p = self._partial
+        return {
+            "steps": p["steps"] + self.step_in_epoch - self._skip,
+            "sums": {
+                k: p["sums"].get(k, 0.0) + float(D.all_reduce_sum(v.detach().clone())) / world
+                for k, v in sums.items()
+            },
+            "images": p["images"]
+            + int(D.all_reduce_sum(torch.tensor(float(n_images), device=self.device))),
+            "seconds": p["seconds"] + seconds,
+            "task": self.task.epoch_state() if hasattr(self.task, "epoch_state") else None,
+        }
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         self.task.start_epoch()
+        if self._partial["task"] is not None and hasattr(self.task, "load_epoch_state"):
+            self.task.load_epoch_state(self._partial["task"])
         loader = self._loader(self.epoch)
-        skip = self.step_in_epoch
+        skip = self._skip = self.step_in_epoch  # steps done before a resume
         sums: dict[str, Tensor] = {}
         n_images, start = 0, time.perf_counter()
         bar = tqdm(
@@ -236,20 +293,17 @@ class Engine:
             # not after the last step: the epoch checkpoint follows (after validation), and a
             # run resumed there would log an epoch with no training steps of its own
             if every and self.step_in_epoch % every == 0 and self.step_in_epoch < len(loader):
-                self.save(f"epoch-{self.epoch + 1:04d}-step-{self.step_in_epoch:06d}")
+                so_far = self._epoch_so_far(sums, n_images, time.perf_counter() - start)
+                self.save(f"epoch-{self.epoch + 1:04d}-step-{self.step_in_epoch:06d}", so_far)
         bar.close()
-        seconds = time.perf_counter() - start
-        steps = max(1, self.step_in_epoch - skip)
-        means = {
-            f"train_{k}": float(D.all_reduce_sum(v.detach().clone()) / (steps * D.world_size()))
-            for k, v in sums.items()
-        }
-        total = float(D.all_reduce_sum(torch.tensor(float(n_images), device=self.device)))
+        whole = self._epoch_so_far(sums, n_images, time.perf_counter() - start)
+        self._partial = _empty_partial()
+        steps = max(1, whole["steps"])
         return {
-            **means,
+            **{f"train_{k}": v / steps for k, v in whole["sums"].items()},
             **self.task.epoch_metrics(),
-            "epoch_seconds": seconds,
-            "train_images_per_second": total / seconds,
+            "epoch_seconds": whole["seconds"],
+            "train_images_per_second": whole["images"] / max(whole["seconds"], 1e-9),
         }
 
     def fit(self) -> History:
@@ -268,6 +322,10 @@ class Engine:
             D.barrier()
         self.history.close()
         return self.history
+
+
+def _empty_partial() -> dict[str, Any]:
+    return {"steps": 0, "sums": {}, "images": 0, "seconds": 0.0, "task": None}
 
 
 def _batch_len(batch: Any) -> int:

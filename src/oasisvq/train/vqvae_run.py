@@ -12,7 +12,7 @@ from oasisvq.model.presets import VQVAEConfig, get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.train import checkpoint
 from oasisvq.train.config import TrainConfig
-from oasisvq.train.engine import Engine, seed_everything
+from oasisvq.train.engine import train_task
 from oasisvq.train.history import History
 from oasisvq.train.rundir import prepare_run_dir
 from oasisvq.train.vqvae_task import VQVAETask
@@ -83,9 +83,8 @@ def train_vqvae(
         "data": dataclasses.asdict(data_opts),
         "data_root": None if data_root is None else str(Path(data_root).resolve()),
     }
-    seed_everything(train_cfg.seed)  # the initial weights depend on the seed alone
-    task = VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
-    engine = Engine(task, train_cfg, out, config)
-    if has_ckpt:
-        engine.resume()
-    return engine.fit()
+
+    def make_task() -> VQVAETask:
+        return VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
+
+    return train_task(make_task, train_cfg, out, config, resume=has_ckpt)

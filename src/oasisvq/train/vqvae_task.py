@@ -53,6 +53,15 @@ class VQVAETask:
     def start_epoch(self) -> None:
         self.counts = torch.zeros_like(self.counts)
 
+    def epoch_state(self) -> list[int]:
+        """The epoch's code counts so far, summed over ranks (for a step checkpoint)."""
+        return D.all_reduce_sum(self.counts.clone()).tolist()
+
+    def load_epoch_state(self, state: list[int]) -> None:
+        """Continue an epoch from a step checkpoint: rank 0 carries the earlier counts."""
+        if D.rank() == 0:
+            self.counts = torch.tensor(state, dtype=torch.long, device=self.counts.device)
+
     def epoch_metrics(self) -> dict[str, float]:
         counts = D.all_reduce_sum(self.counts.clone())
         return {
@@ -65,7 +74,9 @@ class VQVAETask:
         if self.val is None or len(self.val) == 0:
             return {}
         device = next(model.parameters()).device
-        result = reconstruct_all(model, self.val.images, device, self.batch_size)
+        result = reconstruct_all(
+            model, self.val.images, device, self.batch_size, measures=("ssim", "psnr", "mse")
+        )
         return {
             "val_ssim": float(result["ssim"].mean()),
             "val_psnr": float(result["psnr"].mean()),
@@ -82,16 +93,18 @@ def reconstruct_all(
     device: torch.device,
     batch_size: int = 64,
     keep: bool = False,
+    measures: tuple[str, ...] = ("ssim", "ms_ssim", "psnr", "mse"),
 ) -> dict[str, np.ndarray]:
     """Pass ``images (N, S, S) uint8`` through encoder, quantizer and decoder.
 
-    Returns per-image ``ssim``, ``ms_ssim``, ``psnr``, ``mse`` ``(N,)``, the code-usage
+    Returns per-image ``measures`` (by default ``ssim``, ``ms_ssim``, ``psnr``, ``mse``,
+    each ``(N,)``; ``ms_ssim`` is NaN on images too small for its five scales), the code-usage
     histogram ``counts (K,)`` and, with ``keep``, ``recon (N, S, S)`` float [0, 1] and
     ``codes (N, h, w)``.
     """
     was_training = model.training
     model.eval()
-    out: dict[str, list] = {k: [] for k in ("ssim", "ms_ssim", "psnr", "mse", "recon", "codes")}
+    out: dict[str, list] = {k: [] for k in (*measures, "recon", "codes")}
     counts = None
     for start in range(0, len(images), batch_size):
         x = to_unit(
@@ -100,7 +113,7 @@ def reconstruct_all(
         recon, codes, _ = model(x)
         recon, x = recon.float().clamp(0, 1).contiguous(), x.contiguous()
         with torch.autocast(device.type, enabled=False):
-            for name in ("ssim", "ms_ssim", "psnr", "mse"):
+            for name in measures:
                 if name == "ms_ssim" and x.shape[-1] <= MS_SSIM_MIN_SIZE:  # too small for 5 scales
                     out[name].append(torch.full((len(x),), float("nan")))
                     continue
