@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from oasisvq.train.distributed import cpu_has_native_bf16
+
 
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -24,7 +26,20 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": "cpu",
+        # the vector ISA torch dispatches to (e.g. AVX2, AVX512) and whether the CPU has
+        # native bf16 (AVX512-BF16/AMX): without it bf16 autocast is emulated and slow
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_label(m: dict) -> str:
+    """``AMD EPYC (AVX2)`` / ``AMD EPYC (AVX512, native bf16)``; the bare CPU name for
+    results recorded before the capability was."""
+    if "cpu_capability" not in m:
+        return m["cpu"]
+    bf16 = ", native bf16" if m.get("cpu_native_bf16") else ""
+    return f"{m['cpu']} ({m['cpu_capability']}{bf16})"

@@ -1,17 +1,24 @@
 """MONAI's VQ-VAE beside ours, trained the same way for the same budget; one JSON result.
 
     python benchmarks/monai_peer.py --data ../shared/data/alzheimer-mri --preset seed \
-        --minutes 20 --out benchmarks/results/monai_seed.json
+        --minutes 20 --monai-shape default --out benchmarks/results/monai_seed-default.json
     python benchmarks/monai_peer.py --data ... --preset compact --ours-run runs/compact \
         --minutes 20 --out ...      # ours from an already-trained run (not retrained)
 
 The peer is ``monai.networks.nets.VQVAE`` (``spatial_dims=2``, one channel in and out)
 shaped to the preset's latent: one stride-2 level (MONAI's default 4x4 kernel, padding 1)
-per entry of the preset's ``widths`` with those channel counts, so the same grid
-(8x8 for 4 levels, 32x32 for 2 levels at 128x128), the preset's codebook size and code
-dimension, ``num_res_layers`` = the most residual blocks any level of the preset has
-(``--monai-res-layers``), and MONAI's own defaults otherwise (EMA decay 0.5,
-commitment cost 0.25, normal codebook initialisation, no k-means, no dead-code restarts).
+per entry of the preset's ``widths``, so the same grid (8x8 for 4 levels, 32x32 for 2
+levels at 128x128), with the preset's codebook size and code dimension. Two shapes of the
+rest (``--monai-shape``):
+
+* ``default``: what a MONAI user gets, MONAI's default widths ``(96, 96, 192)`` (cut to
+  the preset's number of levels, or extended with its last width) as ``channels`` and
+  ``num_res_channels``, and its default ``num_res_layers=3``;
+* ``matched``: the preset's own ``widths`` and ``num_res_layers`` = the most residual
+  blocks any level of the preset has (``--monai-res-layers``), about our parameter count.
+
+MONAI's own defaults hold otherwise (EMA decay 0.5, commitment cost 0.25, normal codebook
+initialisation, no k-means, no dead-code restarts).
 
 Both models are trained by this project's ``Engine`` (AdamW with the preset's learning
 rate and weight decay, warm-up and cosine schedule, gradient clipping, the same autocast
@@ -63,6 +70,9 @@ from oasisvq.train.config import TrainConfig  # noqa: E402
 from oasisvq.train.engine import Engine, _lr_lambda  # noqa: E402
 from oasisvq.train.vqvae_task import VQVAETask  # noqa: E402
 
+MONAI_DEFAULT_WIDTHS = (96, 96, 192)  # monai.networks.nets.VQVAE's default channels
+MONAI_DEFAULT_RES_LAYERS = 3  # and its default num_res_layers
+
 
 class MonaiVQVAE(nn.Module):
     """``monai.networks.nets.VQVAE`` with our model's interface: ``forward(x) -> VQOutput
@@ -70,13 +80,25 @@ class MonaiVQVAE(nn.Module):
     ``VQVAETask``, the engine and ``evaluate_slices`` take it unchanged."""
 
     def __init__(
-        self, cfg: VQVAEConfig, num_res_layers: int | None = None, **monai_kwargs: object
+        self,
+        cfg: VQVAEConfig,
+        shape: str = "matched",
+        num_res_layers: int | None = None,
+        **monai_kwargs: object,
     ) -> None:
         super().__init__()
         from monai.networks.nets import VQVAE as MonaiNet
 
         levels = len(cfg.widths)
-        self.num_res_layers = max(cfg.blocks) if num_res_layers is None else num_res_layers
+        if shape == "default":
+            widths = MONAI_DEFAULT_WIDTHS[:levels]
+            widths += (widths[-1],) * (levels - len(widths))
+            res_layers = MONAI_DEFAULT_RES_LAYERS
+        elif shape == "matched":
+            widths, res_layers = tuple(cfg.widths), max(cfg.blocks)
+        else:
+            raise ValueError(f"monai shape {shape!r}: expected default or matched")
+        self.num_res_layers = res_layers if num_res_layers is None else num_res_layers
         self.cfg = dataclasses.replace(
             cfg, name=f"monai-{cfg.name}", description="monai.networks.nets.VQVAE"
         )
@@ -84,9 +106,9 @@ class MonaiVQVAE(nn.Module):
             "spatial_dims": 2,
             "in_channels": 1,
             "out_channels": 1,
-            "channels": tuple(cfg.widths),
+            "channels": widths,
             "num_res_layers": self.num_res_layers,
-            "num_res_channels": tuple(cfg.widths),
+            "num_res_channels": widths,
             "downsample_parameters": tuple((2, 4, 1, 1) for _ in range(levels)),
             "upsample_parameters": tuple((2, 4, 1, 1, 0) for _ in range(levels)),
             "num_embeddings": cfg.quantizer.codebook_size,
@@ -148,7 +170,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         model: nn.Module = VQVAE(cfg)
     else:
         extra = {"decay": args.monai_decay} if args.monai_decay is not None else {}
-        model = MonaiVQVAE(cfg, args.monai_res_layers, **extra)
+        model = MonaiVQVAE(cfg, args.monai_shape, args.monai_res_layers, **extra)
     tcfg = TrainConfig(
         epochs=args.epochs or 1,
         batch_size=args.batch_size or cfg.batch_size,
@@ -409,7 +431,15 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the steady rate")
-    p.add_argument("--monai-res-layers", type=int, default=None, help="default: max(preset blocks)")
+    p.add_argument(
+        "--monai-shape",
+        choices=("default", "matched"),
+        default="default",
+        help="MONAI's default widths and residual layers, or the preset's (see above)",
+    )
+    p.add_argument(
+        "--monai-res-layers", type=int, default=None, help="override the shape's num_res_layers"
+    )
     p.add_argument(
         "--monai-decay", type=float, default=None, help="EMA decay (default: MONAI's, 0.5)"
     )
@@ -439,6 +469,7 @@ def main() -> int:
         "preset": args.preset,
         "data": args.data,
         "budget": {"minutes": args.minutes} if args.minutes else {"epochs": args.epochs},
+        "monai_shape": args.monai_shape,
         "train_limit": args.limit,
         "eval_split": args.eval_split,
         "eval_limit": args.eval_limit,

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from machine import cpu_label
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -29,7 +31,7 @@ def quality_rows() -> list[str]:
             f"| `{r['preset']}` | {r['grid']}x{r['grid']} | {r['codes_used']}/{r['codebook_size']} | "
             f"{r['bits_per_image']:.0f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['ms_ssim_mean']:.3f} | "
             f"{r['psnr_mean']:.2f} | {r['epochs']} | {r['train_seconds_per_epoch']:.0f} | "
-            f"{Path(r['data']).name}, {r['split']} ({r['n_images']}) | {m['cpu']}, {m['torch_threads']} threads |"
+            f"{Path(r['data']).name}, {r['split']} ({r['n_images']}) | {cpu_label(m)}, {m['torch_threads']} threads |"
         )
     return rows
 
@@ -106,21 +108,24 @@ def rate_distortion_rows() -> list[str]:
     rows.append("| smallest file of each codec | | | | | " + " | ".join(smallest) + " |")
     m = r["machine"]
     rows.append(
-        f"\nPillow {r['pillow']} (OpenJPEG {r['openjpeg']}, libwebp {r['libwebp']}), {m['cpu']}."
+        f"\nPillow {r['pillow']} (OpenJPEG {r['openjpeg']}, libwebp {r['libwebp']}), {cpu_label(m)}."
     )
     return rows
 
 
 def throughput_rows() -> list[str]:
-    """Training and inference images per second of throughput.json, one row per measurement."""
-    path = RESULTS / "throughput.json"
-    if not path.exists():
-        return []
-    r = json.loads(path.read_text())
+    """One table per throughput*.json (one machine each), one row per measurement."""
+    rows = []
+    for path in sorted(RESULTS.glob("throughput*.json"), key=lambda p: (p.stem != "throughput", p)):
+        rows += _throughput_table(json.loads(path.read_text()))
+    return rows
+
+
+def _throughput_table(r: dict) -> list[str]:
     rows = [
         "",
         f"Throughput (`benchmarks/throughput.py`, synthetic input, {r['timed_steps']} timed steps after "
-        f"{r['warmup_steps']} warm-up, {r['threads']} CPU threads):",
+        f"{r['warmup_steps']} warm-up, {r['threads']} CPU threads, {cpu_label(r['machine'])}):",
         "",
         "| preset | variant | device | train img/s | train img/CPU-s | inference img/s | peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|",
@@ -156,7 +161,7 @@ def sampling_rows() -> list[str]:
     rows = [
         "",
         f"Sampling (`benchmarks/sampling_speed.py`, codes drawn and decoded to 128x128 images, "
-        f"{m['cpu']}, {m['torch_threads']} threads):",
+        f"{cpu_label(m)}, {m['torch_threads']} threads):",
         "",
         "| prior | grid, codes | mode | decoding | images | sampling s | decoding s | images/s | s per 1000 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -180,8 +185,8 @@ def monai_rows() -> list[str]:
         "Ours beside `monai.networks.nets.VQVAE` (`benchmarks/monai_peer.py`: same engine, loss, batches "
         "and budget; evaluated on the same split):",
         "",
-        "| preset | budget | model | params | SSIM | PSNR (dB) | codes used | train img/s | peak RSS (MiB) | ours / MONAI |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | budget | model | params | SSIM | PSNR (dB) | codes used | train img/s | peak RSS (MiB) | ours / MONAI | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(v: float | None, spec: str) -> str:
@@ -190,13 +195,19 @@ def monai_rows() -> list[str]:
     for path in paths:
         r = json.loads(path.read_text())
         b = r["budget"]
-        budget = f"{b['minutes']:g} min" if "minutes" in b else f"{b['epochs']} epochs"
+        budget = (
+            f"{b['minutes']:g} min"
+            if "minutes" in b
+            else f"{b['epochs']} epoch{'s' if b['epochs'] != 1 else ''}"
+        )
         if r.get("train_limit"):
             budget += f", {r['train_limit']} images"
         for who in ("ours", "peer"):
             m = r[who]
             e, t = m["eval"], m["train"]
-            label = "ours" if who == "ours" else f"MONAI {r['monai']}"
+            # results written before --monai-shape existed used the preset's widths
+            shape = r.get("monai_shape", "matched")
+            label = "ours" if who == "ours" else f"MONAI {r['monai']}, {shape} widths"
             if who == "ours" and m.get("run"):
                 label += " (trained run)"
             ratio = ""
@@ -209,7 +220,8 @@ def monai_rows() -> list[str]:
             rows.append(
                 f"| `{r['preset']}` | {budget} | {label} | {m['params'] / 1e6:.2f} M | {e['ssim_mean']:.3f} | "
                 f"{e['psnr_mean']:.2f} | {e['codes_used']}/{e['codebook_size']} | "
-                f"{fmt(t.get('images_per_second'), '.1f')} | {fmt(t.get('peak_rss_mib'), '.0f')} | {ratio} |"
+                f"{fmt(t.get('images_per_second'), '.1f')} | {fmt(t.get('peak_rss_mib'), '.0f')} | {ratio} | "
+                f"{cpu_label(m['machine'])} |"
             )
     return rows
 

@@ -86,12 +86,18 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"amp={amp!r}: expected auto, bf16, fp16 or off")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_has_bf16() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of
+    ``/proc/cpuinfo``, or of the ``cpuinfo`` text given). Elsewhere (AVX2-only CPUs, no
+    ``/proc``) bf16 autocast is emulated and several times slower than fp32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
     return "avx512_bf16" in flags or "amx_bf16" in flags
