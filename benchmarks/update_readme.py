@@ -116,7 +116,7 @@ def rate_distortion_rows() -> list[str]:
 def throughput_rows() -> list[str]:
     """One table per throughput*.json (one machine each), one row per measurement."""
     rows = []
-    for path in sorted(RESULTS.glob("throughput*.json"), key=lambda p: (p.stem != "throughput", p)):
+    for path in _per_machine("throughput"):
         rows += _throughput_table(json.loads(path.read_text()))
     return rows
 
@@ -151,12 +151,23 @@ def _throughput_table(r: dict) -> list[str]:
     return rows
 
 
+def _per_machine(stem: str) -> list[Path]:
+    """``stem.json`` (the main machine) first, then ``stem-*.json`` (other machines)."""
+    paths = [
+        p for p in RESULTS.glob(f"{stem}*.json") if p.stem == stem or p.stem.startswith(f"{stem}-")
+    ]
+    return sorted(paths, key=lambda p: (p.stem != stem, p))
+
+
 def sampling_rows() -> list[str]:
-    """Sampling + decoding speed of sampling_speed.json, one row per prior, grid and mode."""
-    path = RESULTS / "sampling_speed.json"
-    if not path.exists():
-        return []
-    r = json.loads(path.read_text())
+    """One table per sampling_speed*.json (one machine each), one row per prior, grid and mode."""
+    rows = []
+    for path in _per_machine("sampling_speed"):
+        rows += _sampling_table(json.loads(path.read_text()))
+    return rows
+
+
+def _sampling_table(r: dict) -> list[str]:
     m = r["machine"]
     rows = [
         "",
