@@ -82,7 +82,7 @@ class MonaiVQVAE(nn.Module):
     def __init__(
         self,
         cfg: VQVAEConfig,
-        shape: str = "matched",
+        shape: str = "default",
         num_res_layers: int | None = None,
         **monai_kwargs: object,
     ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from machine import cpu_label
@@ -113,12 +114,17 @@ def rate_distortion_rows() -> list[str]:
     return rows
 
 
+def _per_machine(stem: str, table: Callable[[dict], list[str]]) -> list[str]:
+    """``table(result)`` for ``stem.json`` (the main machine), then for each
+    ``stem-*.json`` (other machines); one table per machine."""
+    main = RESULTS / f"{stem}.json"
+    paths = ([main] if main.exists() else []) + sorted(RESULTS.glob(f"{stem}-*.json"))
+    return [row for path in paths for row in table(json.loads(path.read_text()))]
+
+
 def throughput_rows() -> list[str]:
-    """One table per throughput*.json (one machine each), one row per measurement."""
-    rows = []
-    for path in _per_machine("throughput"):
-        rows += _throughput_table(json.loads(path.read_text()))
-    return rows
+    """One table per throughput*.json, one row per measurement."""
+    return _per_machine("throughput", _throughput_table)
 
 
 def _throughput_table(r: dict) -> list[str]:
@@ -151,20 +157,9 @@ def _throughput_table(r: dict) -> list[str]:
     return rows
 
 
-def _per_machine(stem: str) -> list[Path]:
-    """``stem.json`` (the main machine) first, then ``stem-*.json`` (other machines)."""
-    paths = [
-        p for p in RESULTS.glob(f"{stem}*.json") if p.stem == stem or p.stem.startswith(f"{stem}-")
-    ]
-    return sorted(paths, key=lambda p: (p.stem != stem, p))
-
-
 def sampling_rows() -> list[str]:
-    """One table per sampling_speed*.json (one machine each), one row per prior, grid and mode."""
-    rows = []
-    for path in _per_machine("sampling_speed"):
-        rows += _sampling_table(json.loads(path.read_text()))
-    return rows
+    """One table per sampling_speed*.json, one row per prior, grid and mode."""
+    return _per_machine("sampling_speed", _sampling_table)
 
 
 def _sampling_table(r: dict) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 
 import torch
@@ -93,11 +94,15 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU computes bf16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of
     ``/proc/cpuinfo``, or of the ``cpuinfo`` text given). Elsewhere (AVX2-only CPUs, no
     ``/proc``) bf16 autocast is emulated and several times slower than fp32."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
+    flags = set((_proc_cpuinfo() if cpuinfo is None else cpuinfo).split())
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def _proc_cpuinfo() -> str:
+    """``/proc/cpuinfo``, read once per process ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
