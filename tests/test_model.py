@@ -71,3 +71,46 @@ def test_decode_of_encode_matches_forward():
         recon, codes, _ = model(x)
         assert torch.equal(model.encode(x), codes)
         assert torch.allclose(model.decode(codes), recon.clamp(0, 1), atol=1e-5)
+
+
+def test_decoder_blocks_and_transposed_upsampling():
+    from dataclasses import replace
+
+    from oasisvq.model.networks import ResBlock
+    from oasisvq.model.presets import VQVAEConfig
+
+    cfg = replace(
+        get_preset("compact"),
+        widths=(8, 16, 32),
+        blocks=(0, 0, 1),
+        mid_blocks=1,
+        decoder_blocks=(0, 2, 3),
+        decoder_mid_blocks=2,
+        upsample="convt",
+    )
+    model = VQVAE(cfg).eval()
+    n_res = lambda m: sum(isinstance(x, ResBlock) for x in m.modules())  # noqa: E731
+    assert n_res(model.encoder) == 1 + 1 and n_res(model.decoder) == 5 + 2
+    ups = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(m.kernel_size, m.stride, m.out_channels) for m in ups] == [
+        ((4, 4), (2, 2), c) for c in (16, 8, 4)
+    ]
+    assert not any(isinstance(m, torch.nn.Upsample) for m in model.decoder.modules())
+    x = torch.rand(2, 1, 64, 64)
+    recon, codes, _ = model(x)
+    assert recon.shape == x.shape and codes.shape == (2, 8, 8)
+    assert VQVAEConfig.from_dict(cfg.to_dict()) == cfg
+    # a checkpoint config written before these fields existed still loads, as before
+    old = {k: v for k, v in PRESETS["hifi"].to_dict().items()}
+    for key in ("decoder_blocks", "decoder_mid_blocks", "upsample"):
+        old.pop(key)
+    assert VQVAEConfig.from_dict(old) == replace(PRESETS["hifi"], upsample="nearest")
+
+
+def test_unknown_upsampling_is_refused():
+    from dataclasses import replace
+
+    import pytest
+
+    with pytest.raises(ValueError, match="upsample 'bilinear'"):
+        VQVAE(replace(get_preset("compact"), upsample="bilinear"))

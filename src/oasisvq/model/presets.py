@@ -22,6 +22,9 @@ class VQVAEConfig:
     widths: tuple[int, ...] = (32, 32, 64, 64)  # channels after each stride-2 level
     blocks: tuple[int, ...] = (0, 0, 0, 0)  # residual blocks per level (resnet only)
     mid_blocks: int = 0  # residual blocks at the latent resolution (resnet only)
+    decoder_blocks: tuple[int, ...] | None = None  # per level, encoder order; None = ``blocks``
+    decoder_mid_blocks: int | None = None  # None = ``mid_blocks``
+    upsample: str = "nearest"  # decoder x2 upsampling: "nearest" + conv 3x3, or "convt" 4x4
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: str = "mse"  # "mse", or "mse+ssim": (1 - w) * MSE/var + w * (1 - SSIM)
     ssim_weight: float = 0.0
@@ -46,8 +49,9 @@ class VQVAEConfig:
     def from_dict(cls, d: dict) -> VQVAEConfig:
         d = dict(d)
         d["quantizer"] = QuantizerConfig(**d["quantizer"])
-        for key in ("widths", "blocks"):
-            d[key] = tuple(d[key])
+        for key in ("widths", "blocks", "decoder_blocks"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -66,13 +70,18 @@ PRESETS: dict[str, VQVAEConfig] = {
         VQVAEConfig(
             name="compact",
             arch="resnet",
-            description="Residual VQ-VAE at the seed's budget: 8x8 grid, 16 codes (256 bits).",
-            widths=(32, 64, 96, 128),
-            blocks=(0, 1, 1, 1),
+            description=(
+                "Residual VQ-VAE at the seed's budget: 8x8 grid, 16 codes (256 bits); "
+                "light encoder, heavier decoder, transposed-conv upsampling."
+            ),
+            widths=(16, 32, 64, 128),
+            blocks=(0, 0, 1, 1),
             mid_blocks=1,
+            decoder_blocks=(0, 1, 2, 2),
+            upsample="convt",
             quantizer=QuantizerConfig(codebook_size=16, dim=16),
             loss="mse+ssim",
-            ssim_weight=0.7,
+            ssim_weight=0.9,
             lr=2e-3,
             batch_size=32,
         ),

@@ -29,7 +29,13 @@ class VQVAE(nn.Module):
             self.decoder: nn.Module = SeedDecoder(dim, tuple(reversed(cfg.widths)))
         elif cfg.arch == "resnet":
             self.encoder = ResEncoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks)
-            self.decoder = ResDecoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks)
+            self.decoder = ResDecoder(
+                dim,
+                cfg.widths,
+                cfg.blocks if cfg.decoder_blocks is None else cfg.decoder_blocks,
+                cfg.mid_blocks if cfg.decoder_mid_blocks is None else cfg.decoder_mid_blocks,
+                cfg.upsample,
+            )
         else:
             raise ValueError(f"unknown arch {cfg.arch!r}")
         self.quantizer = VectorQuantizer(cfg.quantizer)
