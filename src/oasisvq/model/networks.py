@@ -87,11 +87,7 @@ class ResEncoder(nn.Module):
     """
 
     def __init__(
-        self,
-        dim: int,
-        widths: tuple[int, ...],
-        blocks: tuple[int, ...],
-        mid_blocks: int,
+        self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv(1, widths[0] // 2)]
