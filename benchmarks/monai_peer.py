@@ -15,7 +15,8 @@ rest (``--monai-shape``):
   the preset's number of levels, or extended with its last width) as ``channels`` and
   ``num_res_channels``, and its default ``num_res_layers=3``;
 * ``matched``: the preset's own ``widths`` and ``num_res_layers`` = the most residual
-  blocks any level of the preset has (``--monai-res-layers``), about our parameter count.
+  blocks any encoder level of the preset has (its ``blocks``; ``--monai-res-layers``
+  overrides it), about our parameter count.
 
 MONAI's own defaults hold otherwise (EMA decay 0.5, commitment cost 0.25, normal codebook
 initialisation, no k-means, no dead-code restarts).

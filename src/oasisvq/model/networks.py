@@ -17,13 +17,15 @@ def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride, padding=k // 2)
 
 
-def _upsample(cin: int, cout: int, mode: str) -> nn.Module:
-    """x2 upsampling: ``"nearest"`` (nearest neighbour, then conv 3x3) or ``"convt"``
-    (transposed conv 4x4 stride 2, 2.25x fewer multiply-adds per output pixel)."""
+def _upsample(cin: int, cout: int, mode: str) -> list[nn.Module]:
+    """x2 upsampling layers: ``"nearest"`` (nearest neighbour, then conv 3x3) or ``"convt"``
+    (transposed conv 4x4 stride 2, 2.25x fewer multiply-adds per output pixel). A flat
+    list, so that "nearest" keeps the parameter names of checkpoints written before
+    the choice existed."""
     if mode == "nearest":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout))
+        return [nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout)]
     if mode == "convt":
-        return nn.ConvTranspose2d(cin, cout, 4, 2, padding=1)
+        return [nn.ConvTranspose2d(cin, cout, 4, 2, padding=1)]
     raise ValueError(f"upsample {mode!r}: expected 'nearest' or 'convt'")
 
 
@@ -123,7 +125,7 @@ class ResDecoder(nn.Module):
         for w, nb in zip(reversed(widths), reversed(blocks), strict=True):
             layers += [ResBlock(cin) for _ in range(nb)]
             cout = w // 2
-            layers.append(_upsample(cin, cout, upsample))
+            layers += _upsample(cin, cout, upsample)
             cin = cout
         layers += [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU(), _conv(cin, 1)]
         self.net = nn.Sequential(*layers)
