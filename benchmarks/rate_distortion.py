@@ -377,6 +377,13 @@ def main() -> int:
     )
     p.add_argument("--out", required=True, help="JSON result file")
     p.add_argument("--plot", default=None, help="PNG plot file")
+    p.add_argument(
+        "--keep-runs-from",
+        default=None,
+        metavar="JSON",
+        help="an earlier result file (same data, split and images): its runs of presets not "
+        "measured now are kept, each with the command and machine that measured it",
+    )
     args = p.parse_args()
     command = shlex.join([sys.executable, *sys.argv])
     if "JPEG 2000" in args.codecs and not features.check("jpg_2000"):
@@ -405,6 +412,8 @@ def main() -> int:
         if args.limit:
             row["note"] = "evaluated on the whole split (--limit applies to the codecs only)"
         runs.append(row)
+    if args.keep_runs_from:
+        runs += kept_runs(Path(args.keep_runs_from), root, args.split, len(images), runs)
 
     result = {
         "benchmark": "rate_distortion",
@@ -445,6 +454,30 @@ def main() -> int:
     summary = {name: _smallest(rows) for name, rows in codecs.items()}
     print(json.dumps({"smallest": summary, "seconds": round(result["seconds"], 1)}))
     return 0
+
+
+def kept_runs(
+    path: Path, root: object, split: str, n_images: int, measured: list[dict]
+) -> list[dict]:
+    """The runs of the result file ``path`` whose preset is not in ``measured``, each marked
+    with the command and machine of that file (``kept_from``). The file must cover the same
+    data root, split and number of images, else the rows would not be comparable."""
+    old = json.loads(path.read_text())
+    resolved = lambda d: None if d is None else str(Path(str(d)).resolve())  # noqa: E731
+    want = {"data": resolved(root), "split": split, "n_images": n_images}
+    for key, value in want.items():
+        if (resolved(old.get(key)) if key == "data" else old.get(key)) != value:
+            raise SystemExit(
+                f"--keep-runs-from {path}: its {key} is {old.get(key)!r}, this run's is {value!r}"
+            )
+    presets = {r["preset"] for r in measured}
+    kept = []
+    for run in old["runs"]:
+        if run["preset"] in presets:
+            continue
+        source = run.get("kept_from") or {"command": old["command"], "machine": old["machine"]}
+        kept.append({**run, "kept_from": source})
+    return kept
 
 
 def _smallest(rows: list[dict]) -> dict:

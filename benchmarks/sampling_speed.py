@@ -3,8 +3,8 @@
     python benchmarks/sampling_speed.py --threads 2 --out benchmarks/results/sampling_speed.json
     python benchmarks/sampling_speed.py --run8 runs/seed --run32 runs/hifi ...   # trained runs
 
-For each prior and each grid (8x8 with 16 codes under the ``seed`` VQ-VAE, 32x32 with
-512 codes under ``hifi``) it draws ``--n8`` / ``--n32`` samples in batches and
+For each prior and each grid (8x8 with 16 codes under the ``compact`` VQ-VAE, 32x32 with
+512 codes under ``hifi``; ``--preset8`` / ``--preset32`` pick others) it draws ``--n8`` / ``--n32`` samples in batches and
 decodes them, and reports images per second (wall clock) beside the CPU time the
 process used: on a busy machine the wall clock measures the other jobs too, while
 ``images_per_cpu_second * threads`` estimates the rate on idle cores. Throughput
@@ -107,12 +107,10 @@ def main() -> int:
     p.add_argument(
         "--precision", default="fp32,bf16", help="decoding precisions, comma-separated: fp32, bf16"
     )
-    p.add_argument(
-        "--run8", default=None, help="a trained 8x8 VQ-VAE run (default: untrained seed preset)"
-    )
-    p.add_argument(
-        "--run32", default=None, help="a trained 32x32 VQ-VAE run (default: untrained hifi preset)"
-    )
+    p.add_argument("--run8", default=None, help="a trained 8x8 VQ-VAE run (default: --preset8)")
+    p.add_argument("--run32", default=None, help="a trained 32x32 VQ-VAE run (default: --preset32)")
+    p.add_argument("--preset8", default="compact", help="untrained 8x8 VQ-VAE without --run8")
+    p.add_argument("--preset32", default="hifi", help="untrained 32x32 VQ-VAE without --run32")
     p.add_argument("--skip32", action="store_true")
     p.add_argument("--out", default="benchmarks/results/sampling_speed.json")
     args = p.parse_args()
@@ -120,8 +118,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     results = []
-    grids = [("8x8", args.run8, "seed", args.n8)] + (
-        [] if args.skip32 else [("32x32", args.run32, "hifi", args.n32)]
+    grids = [("8x8", args.run8, args.preset8, args.n8)] + (
+        [] if args.skip32 else [("32x32", args.run32, args.preset32, args.n32)]
     )
     load_before = os.getloadavg()
     for grid, run, preset, n in grids:
@@ -138,6 +136,7 @@ def main() -> int:
                 for r in _time(model, prior, count, args.precision.split(","), window):
                     row = {
                         "prior": name,
+                        "vqvae": model.config.name,
                         "grid": grid,
                         "codebook_size": prior.cfg.codebook_size,
                         "mode": mode,

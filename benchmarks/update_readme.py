@@ -98,8 +98,12 @@ def rate_distortion_rows() -> list[str]:
                 if best is None
                 else f"{best['bytes_mean']:.0f} ({best['psnr_mean']:.1f})"
             )
+        kept = run.get("kept_from")  # a row carried over from an earlier run of the benchmark
+        label = f"`{run['preset']}`" + (
+            f" (measured earlier, {cpu_label(kept['machine'])})" if kept else ""
+        )
         rows.append(
-            f"| `{run['preset']}` | {run['bytes_per_image']:.0f} | {nll} | {run['ssim_mean']:.3f} | "
+            f"| {label} | {run['bytes_per_image']:.0f} | {nll} | {run['ssim_mean']:.3f} | "
             f"{run['psnr_mean']:.2f} | " + " | ".join(cells) + " |"
         )
     smallest = []
@@ -169,12 +173,13 @@ def _sampling_table(r: dict) -> list[str]:
         f"Sampling (`benchmarks/sampling_speed.py`, codes drawn and decoded to 128x128 images, "
         f"{cpu_label(m)}, {m['torch_threads']} threads):",
         "",
-        "| prior | grid, codes | mode | decoding | images | sampling s | decoding s | images/s | s per 1000 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prior | grid, codes | mode | decoder | decoding | images | sampling s | decoding s | images/s | s per 1000 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["results"]:
+        vq = f"`{x['vqvae']}`" if "vqvae" in x else "not recorded"
         rows.append(
-            f"| `{x['prior']}` | {x['grid']}, {x['codebook_size']} | {x['mode']} | {x['decode_precision']} | "
+            f"| `{x['prior']}` | {x['grid']}, {x['codebook_size']} | {x['mode']} | {vq} | {x['decode_precision']} | "
             f"{x['n']} | {x['sample_seconds']:.2f} | {x['decode_seconds']:.2f} | "
             f"{x['images_per_second']:.1f} | {x['seconds_per_1000']:.1f} |"
         )

@@ -329,6 +329,8 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         assert key in r, key
     assert r["split"] == "validate" and r["uniform_bits_per_image"] == pytest.approx(64 * 3)
+    saved = json.loads((tiny / "run" / "config.json").read_text())
+    assert r["preset"] == saved["model"]["name"]
     assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
     assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0

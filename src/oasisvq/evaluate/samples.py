@@ -222,6 +222,7 @@ def evaluate_samples(
     rng = np.random.default_rng(seed)
     summary: dict = {
         "run": str(run_dir),
+        "preset": model.config.name,
         "prior": name,
         "prior_arch": cfg.arch,
         "condition": list(cfg.condition),
