@@ -3,11 +3,12 @@
     python benchmarks/sampling_speed.py --threads 2 --out benchmarks/results/sampling_speed.json
     python benchmarks/sampling_speed.py --run8 runs/seed --run32 runs/hifi ...   # trained runs
 
-For each prior and each grid (8x8 with 16 codes under the ``compact`` VQ-VAE, 32x32 with
-512 codes under ``hifi``; ``--preset8`` / ``--preset32`` pick others) it draws ``--n8`` / ``--n32`` samples in batches and
-decodes them, and reports images per second (wall clock) beside the CPU time the
-process used: on a busy machine the wall clock measures the other jobs too, while
-``images_per_cpu_second * threads`` estimates the rate on idle cores. Throughput
+For each prior and each grid (8x8 with 16 codes under the ``compact`` VQ-VAE, 32x32
+with 512 codes under ``hifi``; ``--preset8`` / ``--preset32`` pick others) it draws
+``--n8`` / ``--n32`` samples in batches and decodes them, and reports images per
+second (wall clock) beside the CPU time the process used: on a busy machine the wall
+clock measures the other jobs too, while ``images_per_cpu_second * threads`` estimates
+the rate on idle cores. Throughput
 does not depend on the weights, so untrained networks are used unless a trained run
 is given. The PixelCNN is timed both naively (the whole grid for every cell) and
 with its receptive-field band; on 32x32 grids fewer PixelCNN samples are drawn
