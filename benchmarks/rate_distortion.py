@@ -463,21 +463,23 @@ def kept_runs(
     with the command and machine of that file (``kept_from``). The file must cover the same
     data root, split and number of images, else the rows would not be comparable."""
     old = json.loads(path.read_text())
-    resolved = lambda d: None if d is None else str(Path(str(d)).resolve())  # noqa: E731
-    want = {"data": resolved(root), "split": split, "n_images": n_images}
-    for key, value in want.items():
-        if (resolved(old.get(key)) if key == "data" else old.get(key)) != value:
-            raise SystemExit(
-                f"--keep-runs-from {path}: its {key} is {old.get(key)!r}, this run's is {value!r}"
-            )
+
+    def where(data: object, split: object, n: object) -> tuple:  # (resolved root, split, n)
+        return (None if data is None else str(Path(str(data)).resolve()), split, n)
+
+    this = where(root, split, n_images)
+    theirs = where(old.get("data"), old.get("split"), old.get("n_images"))
+    if theirs != this:
+        raise SystemExit(
+            f"--keep-runs-from {path}: measured on (data, split, images) = {theirs}, not {this}"
+        )
     presets = {r["preset"] for r in measured}
-    kept = []
-    for run in old["runs"]:
-        if run["preset"] in presets:
-            continue
-        source = run.get("kept_from") or {"command": old["command"], "machine": old["machine"]}
-        kept.append({**run, "kept_from": source})
-    return kept
+    source = {"command": old["command"], "machine": old["machine"]}
+    return [
+        {**run, "kept_from": run.get("kept_from", source)}
+        for run in old["runs"]
+        if run["preset"] not in presets
+    ]
 
 
 def _smallest(rows: list[dict]) -> dict:

@@ -8,11 +8,11 @@ with 512 codes under ``hifi``; ``--preset8`` / ``--preset32`` pick others) it dr
 ``--n8`` / ``--n32`` samples in batches and decodes them, and reports images per
 second (wall clock) beside the CPU time the process used: on a busy machine the wall
 clock measures the other jobs too, while ``images_per_cpu_second * threads`` estimates
-the rate on idle cores. Throughput
-does not depend on the weights, so untrained networks are used unless a trained run
-is given. The PixelCNN is timed both naively (the whole grid for every cell) and
-with its receptive-field band; on 32x32 grids fewer PixelCNN samples are drawn
-(``--n32-pixelcnn``) because it is slow, and the rate is per image either way.
+the rate on idle cores. Throughput does not depend on the weights, so untrained
+networks are used unless a trained run is given. The PixelCNN is timed both naively
+(the whole grid for every cell) and with its receptive-field band; on 32x32 grids fewer
+PixelCNN samples are drawn (``--n32-pixelcnn``) because it is slow, and the rate is
+per image either way.
 """
 
 from __future__ import annotations

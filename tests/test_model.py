@@ -101,7 +101,7 @@ def test_decoder_blocks_and_transposed_upsampling():
     assert recon.shape == x.shape and codes.shape == (2, 8, 8)
     assert VQVAEConfig.from_dict(cfg.to_dict()) == cfg
     # a checkpoint config written before these fields existed still loads, as before
-    old = {k: v for k, v in PRESETS["hifi"].to_dict().items()}
+    old = PRESETS["hifi"].to_dict()
     for key in ("decoder_blocks", "decoder_mid_blocks", "upsample"):
         old.pop(key)
     assert VQVAEConfig.from_dict(old) == replace(PRESETS["hifi"], upsample="nearest")

@@ -2,7 +2,8 @@
 
 ``seed``: the original report's Keras layers, exactly (see ``SeedEncoder``).
 ``resnet``: a compact residual design (stride-2 convs, pre-activation residual
-blocks with GroupNorm, nearest-neighbour upsampling) of our own.
+blocks with GroupNorm, nearest-neighbour or transposed-conv upsampling, a decoder that
+may be deeper than the encoder) of our own.
 
 Images enter as ``(B, 1, S, S)`` in ``[0, 1]`` and leave as ``(B, 1, S, S)`` logits of
 the same range (unclamped); latents are ``(B, D, S / 2**n_down, S / 2**n_down)``.
