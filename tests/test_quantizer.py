@@ -72,3 +72,24 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
     flat = z.permute(0, 2, 3, 1).reshape(-1, 2)
     assert (torch.cdist(vq.embed, flat).min(1).values < 1.0).all()
     assert len(vq(z)[1].unique()) > 1
+
+
+def test_normalized_codebook_matches_by_direction_and_stays_on_the_sphere():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(
+        QuantizerConfig(codebook_size=2, dim=2, kmeans_init=False, decay=0.5, normalize=True)
+    ).train()
+    vq.embed.copy_(torch.tensor([[3.0, 0.0], [0.0, 0.2]]))
+    vq.ema_sum.copy_(vq.embed)
+    # [2.0, 2.2] is nearer to [3, 0] than to [0, 0.2] (2.42 against 2.83), but its
+    # direction is nearer to the second code's
+    z = torch.tensor([[5.0, 0.5], [4.0, -0.5], [2.0, 2.2], [-0.05, 0.1]]).T.reshape(1, 2, 4, 1)
+    zq, codes, _ = vq(z)
+    assert codes.flatten().tolist() == [0, 0, 1, 1]
+    for _ in range(20):
+        zq, codes, _ = vq(z)
+    # EMA means are projected back to unit length (plain EMA would put code 0 at [4.5, 0])
+    assert torch.allclose(vq.embed.norm(dim=1), torch.ones(2))
+    assert torch.allclose(vq.embed[0], torch.tensor([1.0, 0.0]), atol=0.02)
+    assert torch.allclose(zq.norm(dim=1), torch.ones(1, 4, 1))
+    assert torch.allclose(vq.lookup(codes), zq)

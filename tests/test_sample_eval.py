@@ -12,6 +12,7 @@ from scipy import linalg
 from oasisvq.data.slices import SliceSet
 from oasisvq.evaluate.features import (
     FeatureNet,
+    exclusive,
     extract,
     feature_net,
     frechet_distance,
@@ -121,3 +122,27 @@ def test_feature_network_learns_rotation_and_class_and_is_cached(tmp_path: Path)
     )  # loaded, not retrained
     for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_feature_network_lock_makes_a_second_process_wait(tmp_path: Path) -> None:
+    """Two evaluations of one run must not train the feature network at once: the second
+    waits on the lock until the first is done, then finds the finished network."""
+    import subprocess
+    import sys
+    import time
+
+    lock = tmp_path / "features" / "key.lock"
+    code = (
+        "import sys, time; from pathlib import Path;"
+        "from oasisvq.evaluate.features import exclusive\n"
+        "with exclusive(Path(sys.argv[1])): print(time.time())"
+    )
+    with exclusive(lock):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(2.0)
+        assert child.poll() is None  # still waiting for the lock
+        released = time.time()
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0 and float(out) >= released

@@ -13,7 +13,9 @@ split of the same data. It is trained to do, all at once:
 
 The features are the 128 channels after global average pooling. The network is
 trained with the shared engine once per data root and cached in
-``RUN/features/<key>/`` (``key`` names the data root and options). Its class and
+``RUN/features/<key>/`` (``key`` names the data root and options); a lock file beside
+it makes concurrent evaluations of one run wait for a single training instead of
+racing on its checkpoints, so all of them measure with the same network. Its class and
 position heads also classify generated samples (class balance of conditional priors).
 
 Images are resized to 64x64 (area) before the network: the measure is about anatomy,
@@ -22,10 +24,13 @@ not pixel noise.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +191,19 @@ def feature_key(data_root: str | None, data_options: dict) -> str:
     ).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block;
+    other processes entering it wait until it is released."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def feature_net(
     run_dir: str | Path,
     data_root: str | None,
@@ -200,6 +218,20 @@ def feature_net(
     there first (with the shared engine), in eval mode on the CPU."""
 
     out = Path(run_dir) / "features" / feature_key(data_root, data_options)
+    with exclusive(out.with_name(out.name + ".lock")):
+        return _load_or_train(out, data_root, data_options, train, val, epochs, device, batch_size)
+
+
+def _load_or_train(
+    out: Path,
+    data_root: str | None,
+    data_options: dict,
+    train: SliceSet,
+    val: SliceSet | None,
+    epochs: int,
+    device: str,
+    batch_size: int,
+) -> FeatureNet:
     n_classes = len(train.class_names) if (train.classes >= 0).any() else 0
     with_position = bool(np.isfinite(train.positions).any())
     model = FeatureNet(n_classes, with_position)

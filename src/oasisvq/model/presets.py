@@ -79,7 +79,7 @@ PRESETS: dict[str, VQVAEConfig] = {
             mid_blocks=1,
             decoder_blocks=(0, 1, 2, 2),
             upsample="convt",
-            quantizer=QuantizerConfig(codebook_size=16, dim=16),
+            quantizer=QuantizerConfig(codebook_size=16, dim=16, normalize=True),
             loss="mse+ssim",
             ssim_weight=0.9,
             lr=2e-3,

@@ -1,5 +1,10 @@
 """Vector quantizer with EMA codebook updates, k-means initialisation and dead-code restarts.
 
+With ``normalize`` the encoder outputs and the codes live on the unit sphere (the
+l2-normalised codebook of ViT-VQGAN, Yu et al. 2022): the nearest code is the most
+similar in direction, the latents' norm cannot drift away from the codebook, and the
+decoder always reads unit vectors.
+
 Distances are always computed in fp32, also under bf16/fp16 autocast. Under
 ``torch.distributed`` the codebook statistics are all-reduced and the k-means
 initialisation and restarts are broadcast from rank 0, so every rank holds the same
@@ -25,6 +30,7 @@ class QuantizerConfig:
     decay: float = 0.99  # EMA decay
     kmeans_init: bool = True  # initialise codes by k-means on the first batch of encoder outputs
     restart_threshold: float = 1.0  # EMA count below which a code is dead and restarted (0 = never)
+    normalize: bool = False  # l2-normalise latents and codes: nearest code by cosine similarity
 
 
 def _distributed() -> bool:
@@ -121,11 +127,11 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, codes: Tensor) -> Tensor:
         """``codes (B, H, W)`` -> ``(B, D, H, W)`` code vectors."""
-        return F.embedding(codes, self.embed).permute(0, 3, 1, 2)
+        return F.embedding(codes, self._on_sphere(self.embed)).permute(0, 3, 1, 2)
 
     def nearest(self, flat: Tensor) -> Tensor:
         """``flat (n, D)`` fp32 -> code index ``(n,)``, squared-Euclidean, fp32."""
-        e = self.embed.float()
+        e = self._on_sphere(self.embed.float())
         dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)
         return dist2.argmin(1)
 
@@ -133,12 +139,14 @@ class VectorQuantizer(nn.Module):
         b, d, h, w = z.shape
         with torch.autocast(z.device.type, enabled=False):
             flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)  # (B*H*W, D)
+            if self.cfg.normalize:
+                flat = F.normalize(flat, dim=1)
             if self.training and not bool(self.initialised):
                 self._kmeans_init(flat.detach(), h * w)
             codes = self.nearest(flat.detach())
             if self.training and self.cfg.update == "ema":
                 self._ema_update(flat.detach(), codes, h * w)
-            q = F.embedding(codes, self.embed.float())
+            q = F.embedding(codes, self._on_sphere(self.embed.float()))
             loss = self.cfg.beta * F.mse_loss(flat, q.detach())
             if self.cfg.update == "loss":
                 loss = loss + F.mse_loss(q, flat.detach())
@@ -146,9 +154,13 @@ class VectorQuantizer(nn.Module):
         z_q = q.view(b, h, w, d).permute(0, 3, 1, 2).to(z.dtype)
         return z_q, codes.view(b, h, w), loss
 
+    def _on_sphere(self, codes: Tensor) -> Tensor:
+        """``codes (K, D)`` projected to unit length when ``normalize``, else unchanged."""
+        return F.normalize(codes, dim=1) if self.cfg.normalize else codes
+
     @torch.no_grad()
     def _kmeans_init(self, flat: Tensor, per_sample: int) -> None:
-        centres = kmeans(_gather_rows(flat, per_sample), self.cfg.codebook_size)
+        centres = self._on_sphere(kmeans(_gather_rows(flat, per_sample), self.cfg.codebook_size))
         _broadcast_(centres)
         self.embed.data.copy_(centres)
         if self.cfg.update == "ema":
@@ -167,7 +179,7 @@ class VectorQuantizer(nn.Module):
         self.ema_sum.mul_(decay).add_(onehot_sum, alpha=1 - decay)
         n = self.ema_count.sum()
         smoothed = (self.ema_count + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing
-        self.embed.copy_(self.ema_sum / smoothed.unsqueeze(1))
+        self.embed.copy_(self._on_sphere(self.ema_sum / smoothed.unsqueeze(1)))
         if self.cfg.restart_threshold > 0:
             self._restart_dead(flat, per_sample)
 
