@@ -403,6 +403,11 @@ def main() -> int:
     if args.limit:
         slices = slices.subset(np.arange(min(args.limit, len(slices))))
     images = np.ascontiguousarray(slices.images)
+    kept = (
+        kept_runs(Path(args.keep_runs_from), root, args.split, len(images))
+        if args.keep_runs_from
+        else []
+    )  # checked before the sweep, so a mismatched file fails at once
 
     codecs = {name: sweep_codec(images, name, args.workers) for name in args.codecs}
     lossless = lossless_reference(images, args.workers)
@@ -412,8 +417,8 @@ def main() -> int:
         if args.limit:
             row["note"] = "evaluated on the whole split (--limit applies to the codecs only)"
         runs.append(row)
-    if args.keep_runs_from:
-        runs += kept_runs(Path(args.keep_runs_from), root, args.split, len(images), runs)
+    measured = {r["preset"] for r in runs}
+    runs += [r for r in kept if r["preset"] not in measured]
 
     result = {
         "benchmark": "rate_distortion",
@@ -456,12 +461,10 @@ def main() -> int:
     return 0
 
 
-def kept_runs(
-    path: Path, root: object, split: str, n_images: int, measured: list[dict]
-) -> list[dict]:
-    """The runs of the result file ``path`` whose preset is not in ``measured``, each marked
-    with the command and machine of that file (``kept_from``). The file must cover the same
-    data root, split and number of images, else the rows would not be comparable."""
+def kept_runs(path: Path, root: object, split: str, n_images: int) -> list[dict]:
+    """The runs of the result file ``path``, each marked with the command and machine of
+    that file (``kept_from``). The file must cover the same data root, split and number of
+    images, else the rows would not be comparable."""
     old = json.loads(path.read_text())
 
     def where(data: object, split: object, n: object) -> tuple:  # (resolved root, split, n)
@@ -473,13 +476,8 @@ def kept_runs(
         raise SystemExit(
             f"--keep-runs-from {path}: measured on (data, split, images) = {theirs}, not {this}"
         )
-    presets = {r["preset"] for r in measured}
     source = {"command": old["command"], "machine": old["machine"]}
-    return [
-        {**run, "kept_from": run.get("kept_from", source)}
-        for run in old["runs"]
-        if run["preset"] not in presets
-    ]
+    return [{**run, "kept_from": run.get("kept_from", source)} for run in old["runs"]]
 
 
 def _smallest(rows: list[dict]) -> dict:

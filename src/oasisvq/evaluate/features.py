@@ -219,51 +219,38 @@ def feature_net(
 
     out = Path(run_dir) / "features" / feature_key(data_root, data_options)
     with exclusive(out.with_name(out.name + ".lock")):
-        return _load_or_train(out, data_root, data_options, train, val, epochs, device, batch_size)
-
-
-def _load_or_train(
-    out: Path,
-    data_root: str | None,
-    data_options: dict,
-    train: SliceSet,
-    val: SliceSet | None,
-    epochs: int,
-    device: str,
-    batch_size: int,
-) -> FeatureNet:
-    n_classes = len(train.class_names) if (train.classes >= 0).any() else 0
-    with_position = bool(np.isfinite(train.positions).any())
-    model = FeatureNet(n_classes, with_position)
-    ckpt = checkpoint.latest(out)
-    if ckpt is not None:
-        if checkpoint.read_config(out).get("train", {}).get("epochs") != epochs:
-            shutil.rmtree(out)  # trained for another number of epochs: start again
-        elif checkpoint.load_state(ckpt).get("epoch") == epochs:
-            checkpoint.load_weights(ckpt, model)
-            return model.eval()
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=2e-3,
-        weight_decay=1e-4,
-        device=device,
-        channels_last=False,
-    )
-    config = {
-        "kind": "features",
-        "task": "rotation (4-way)"
-        + (" + class" if n_classes > 1 else "")
-        + (" + position" if with_position else ""),
-        "n_classes": n_classes,
-        "with_position": with_position,
-        "train": dataclasses.asdict(cfg),
-        "data_root": None if data_root is None else str(data_root),
-        "data": data_options,
-    }
-    # an interrupted training continues
-    train_task(lambda: FeatureTask(model, train, val, cfg.batch_size), cfg, out, config, True)
-    return model.cpu().eval()
+        n_classes = len(train.class_names) if (train.classes >= 0).any() else 0
+        with_position = bool(np.isfinite(train.positions).any())
+        model = FeatureNet(n_classes, with_position)
+        ckpt = checkpoint.latest(out)
+        if ckpt is not None:
+            if checkpoint.read_config(out).get("train", {}).get("epochs") != epochs:
+                shutil.rmtree(out)  # trained for another number of epochs: start again
+            elif checkpoint.load_state(ckpt).get("epoch") == epochs:
+                checkpoint.load_weights(ckpt, model)
+                return model.eval()
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=2e-3,
+            weight_decay=1e-4,
+            device=device,
+            channels_last=False,
+        )
+        config = {
+            "kind": "features",
+            "task": "rotation (4-way)"
+            + (" + class" if n_classes > 1 else "")
+            + (" + position" if with_position else ""),
+            "n_classes": n_classes,
+            "with_position": with_position,
+            "train": dataclasses.asdict(cfg),
+            "data_root": None if data_root is None else str(data_root),
+            "data": data_options,
+        }
+        # an interrupted training continues
+        train_task(lambda: FeatureTask(model, train, val, cfg.batch_size), cfg, out, config, True)
+        return model.cpu().eval()
 
 
 @torch.no_grad()

@@ -139,8 +139,7 @@ class VectorQuantizer(nn.Module):
         b, d, h, w = z.shape
         with torch.autocast(z.device.type, enabled=False):
             flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)  # (B*H*W, D)
-            if self.cfg.normalize:
-                flat = F.normalize(flat, dim=1)
+            flat = self._on_sphere(flat)
             if self.training and not bool(self.initialised):
                 self._kmeans_init(flat.detach(), h * w)
             codes = self.nearest(flat.detach())
@@ -154,9 +153,10 @@ class VectorQuantizer(nn.Module):
         z_q = q.view(b, h, w, d).permute(0, 3, 1, 2).to(z.dtype)
         return z_q, codes.view(b, h, w), loss
 
-    def _on_sphere(self, codes: Tensor) -> Tensor:
-        """``codes (K, D)`` projected to unit length when ``normalize``, else unchanged."""
-        return F.normalize(codes, dim=1) if self.cfg.normalize else codes
+    def _on_sphere(self, rows: Tensor) -> Tensor:
+        """Rows ``(n, D)`` (latents or codes) projected to unit length when ``normalize``,
+        else unchanged."""
+        return F.normalize(rows, dim=1) if self.cfg.normalize else rows
 
     @torch.no_grad()
     def _kmeans_init(self, flat: Tensor, per_sample: int) -> None:
