@@ -8,11 +8,11 @@ with 512 codes under ``hifi``; ``--preset8`` / ``--preset32`` pick others) it dr
 ``--n8`` / ``--n32`` samples in batches and decodes them, and reports images per
 second (wall clock) beside the CPU time the process used: on a busy machine the wall
 clock measures the other jobs too, while ``images_per_cpu_second * threads`` estimates
-the rate on idle cores. Throughput does not depend on the weights, so untrained
-networks are used unless a trained run is given. The PixelCNN is timed both naively
-(the whole grid for every cell) and with its receptive-field band; on 32x32 grids fewer
-PixelCNN samples are drawn (``--n32-pixelcnn``) because it is slow, and the rate is
-per image either way.
+the rate on idle cores. ``--device cuda`` draws and decodes on the GPU. Throughput
+does not depend on the weights, so untrained networks are used unless a trained run is
+given. The PixelCNN is timed both naively (the whole grid for every cell) and with its
+receptive-field band; on 32x32 grids fewer PixelCNN samples are drawn
+(``--n32-pixelcnn``) because it is slow, and the rate is per image either way.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,11 @@ from oasisvq.prior.registry import PRIORS, build_prior  # noqa: E402
 from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
 
 
-def _vq(run: str | None, preset: str) -> VQModel:
+def _vq(run: str | None, preset: str, device: str) -> VQModel:
     if run:
-        return load(run)
+        return load(run, device)
     torch.manual_seed(0)
-    return VQModel(VQVAE(get_preset(preset)))
+    return VQModel(VQVAE(get_preset(preset)), device=device)
 
 
 def _prior(model: VQModel, name: str):
@@ -51,7 +52,7 @@ def _prior(model: VQModel, name: str):
         PRIORS[name], codebook_size=cfg.quantizer.codebook_size, grid=(cfg.grid, cfg.grid)
     )
     torch.manual_seed(0)
-    return build_prior(pcfg).eval()
+    return build_prior(pcfg).to(model.device).eval()
 
 
 def _time(
@@ -113,6 +114,9 @@ def main() -> int:
     p.add_argument("--preset8", default="compact", help="untrained 8x8 VQ-VAE without --run8")
     p.add_argument("--preset32", default="hifi", help="untrained 32x32 VQ-VAE without --run32")
     p.add_argument("--skip32", action="store_true")
+    p.add_argument(
+        "--device", default="cpu", help="cpu or cuda (codes are drawn and decoded there)"
+    )
     p.add_argument("--out", default="benchmarks/results/sampling_speed.json")
     args = p.parse_args()
 
@@ -124,7 +128,7 @@ def main() -> int:
     )
     load_before = os.getloadavg()
     for grid, run, preset, n in grids:
-        model = _vq(run, preset)
+        model = _vq(run, preset, args.device)
         for name in args.priors.split(","):
             prior = _prior(model, name)
             if prior.cfg.arch == "transformer":
@@ -151,6 +155,8 @@ def main() -> int:
                     print(json.dumps(row), flush=True)
     out = {
         "benchmark": "sampling_speed",
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "device": str(args.device),
         "note": "images per second include decoding the codes to images; priors are untrained (throughput does not depend on the weights), the VQ-VAE comes from --run8/--run32 when given",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

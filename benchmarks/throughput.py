@@ -269,12 +269,14 @@ def _run_one(preset: str, variant: str, device: str, args: argparse.Namespace) -
         ]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        failed = {"preset": preset, "variant": variant, "device_type": device}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:  # e.g. a slow compilation: recorded, not raised
+            return {**failed, "error": f"no result within --timeout {args.timeout:g} s"}
         if proc.returncode != 0 or not out.exists():
             return {
-                "preset": preset,
-                "variant": variant,
-                "device_type": device,
+                **failed,
                 "error": f"worker exited with {proc.returncode}: {proc.stderr[-600:]}",
             }
         return json.loads(out.read_text())

@@ -126,6 +126,14 @@ def _per_machine(stem: str, table: Callable[[dict], list[str]]) -> list[str]:
     return [row for path in paths for row in table(json.loads(path.read_text()))]
 
 
+def _where(m: dict, cuda: bool, threads: int) -> str:
+    """``NVIDIA H200, torch 2.11.0+cu130 (host ...)`` for a CUDA result, else the CPU and
+    threads."""
+    if cuda:
+        return f"{m['device']}, torch {m['torch']} (host {cpu_label(m)})"
+    return f"{cpu_label(m)}, {threads} threads"
+
+
 def throughput_rows() -> list[str]:
     """One table per throughput*.json, one row per measurement."""
     return _per_machine("throughput", _throughput_table)
@@ -135,7 +143,8 @@ def _throughput_table(r: dict) -> list[str]:
     rows = [
         "",
         f"Throughput (`benchmarks/throughput.py`, synthetic input, {r['timed_steps']} timed steps after "
-        f"{r['warmup_steps']} warm-up, {r['threads']} CPU threads, {cpu_label(r['machine'])}):",
+        f"{r['warmup_steps']} warm-up, "
+        f"{_where(r['machine'], 'cuda' in r['devices'], r['threads'])}):",
         "",
         "| preset | variant | device | train img/s | train img/CPU-s | inference img/s | peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|",
@@ -154,9 +163,12 @@ def _throughput_table(r: dict) -> list[str]:
             else "-"
         )
         infer = f"{inf['images_per_second']:.1f}" if inf.get("ok") else "failed"
+        memory = f"{row['peak_rss_mib']:.0f}"
+        if tr.get("cuda_peak_allocated_mib"):  # the GPU's own peak during training
+            memory += f" (GPU {tr['cuda_peak_allocated_mib']:.0f})"
         rows.append(
             f"| `{row['preset']}` | {row['variant']} | {row['device']} | {train} | {cpu} | {infer} | "
-            f"{row['peak_rss_mib']:.0f} |"
+            f"{memory} |"
         )
     return rows
 
@@ -171,7 +183,7 @@ def _sampling_table(r: dict) -> list[str]:
     rows = [
         "",
         f"Sampling (`benchmarks/sampling_speed.py`, codes drawn and decoded to 128x128 images, "
-        f"{cpu_label(m)}, {m['torch_threads']} threads):",
+        f"{_where(m, r.get('device', 'cpu').startswith('cuda'), m['torch_threads'])}):",
         "",
         "| prior | grid, codes | mode | decoder | decoding | images | sampling s | decoding s | images/s | s per 1000 |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -270,3 +270,24 @@ def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
             time.sleep(0.05)
         else:
             pytest.fail(f"worker {pid} still alive after SIGKILL")
+
+
+@pytest.mark.parametrize(
+    ("name", "local_rank", "expected"),
+    [
+        ("cuda", "0", "cuda:0"),
+        ("cuda", "3", "cuda:3"),  # one process per GPU under torchrun
+        ("cuda:1", "3", "cuda:1"),  # an explicit index is kept
+        ("auto", "2", "cuda:2"),
+    ],
+)
+def test_a_bare_cuda_device_gets_this_process_index(monkeypatch, name, local_rank, expected):
+    # torch.cuda.set_device refuses a device without an index on some torch versions
+    from oasisvq.train import distributed as D
+
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(d))
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    device = D.pick_device(name)
+    assert device == torch.device(expected) and chosen == [device]

@@ -87,6 +87,7 @@ def test_decoder_blocks_and_transposed_upsampling():
         decoder_blocks=(0, 2, 3),
         decoder_mid_blocks=2,
         upsample="convt",
+        full_res=True,
     )
     model = VQVAE(cfg).eval()
     n_res = lambda m: sum(isinstance(x, ResBlock) for x in m.modules())  # noqa: E731
@@ -105,6 +106,40 @@ def test_decoder_blocks_and_transposed_upsampling():
     for key in ("decoder_blocks", "decoder_mid_blocks", "upsample"):
         old.pop(key)
     assert VQVAEConfig.from_dict(old) == replace(PRESETS["hifi"], upsample="nearest")
+
+
+def test_without_full_resolution_layers_no_feature_map_reaches_image_size():
+    from dataclasses import replace
+
+    from oasisvq.model.presets import VQVAEConfig
+
+    cfg = replace(
+        get_preset("compact"), widths=(8, 16, 32), blocks=(0, 0, 1), decoder_blocks=(1, 1, 1)
+    )
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(name):
+        return lambda mod, inp, out: shapes.append((name, tuple(out.shape)))
+
+    for full_res in (True, False):
+        model = VQVAE(replace(cfg, full_res=full_res)).eval()
+        shapes.clear()
+        for name, mod in [*model.encoder.net.named_children(), *model.decoder.net.named_children()]:
+            mod.register_forward_hook(record(name))
+        x = torch.rand(2, 1, 64, 64)
+        recon, codes, _ = model(x)
+        assert recon.shape == x.shape and codes.shape == (2, 8, 8)
+        at_full = [s for _, s in shapes[:-1] if s[-1] == 64]  # every layer but the output
+        assert bool(at_full) == full_res, (full_res, at_full)
+    # the encoder's first layer reads the image with a stride-2 conv; the decoder ends in a
+    # 3x3 conv to 4 channels at half size, put side by side by PixelShuffle(2)
+    assert model.encoder.net[0].in_channels == 1 and model.encoder.net[0].stride == (2, 2)
+    head = list(model.decoder.net)[-2:]
+    assert head[0].out_channels == 4 and isinstance(head[1], torch.nn.PixelShuffle)
+    assert VQVAEConfig.from_dict(replace(cfg, full_res=False).to_dict()).full_res is False
+    old = cfg.to_dict()
+    old.pop("full_res")
+    assert VQVAEConfig.from_dict(old).full_res is True  # configs from before the option
 
 
 def test_unknown_upsampling_is_refused():

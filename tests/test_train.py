@@ -49,6 +49,15 @@ def test_train_writes_history_checkpoint_and_plots(tiny_tree: Path, tmp_path: Pa
     assert (checkpoint.latest(run) / "state.pt").exists()
 
 
+def test_preset_adam_beta2_reaches_the_optimizer(tiny_tree: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_tree), "--out", str(run), "--preset", "compact"]
+    assert main([*args, "--size", "32", "--batch-size", "8", "--epochs", "1", "--amp", "off"]) == 0
+    assert checkpoint.read_config(run)["train"]["adam_beta2"] == 0.99
+    groups = checkpoint.load_state(checkpoint.latest(run))["optimizer"]["param_groups"]
+    assert [tuple(g["betas"]) for g in groups] == [(0.9, 0.99)] * 2
+
+
 def test_deterministic_and_resume_equals_uninterrupted(tiny_tree: Path, tmp_path: Path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert _train(tiny_tree, a, "--epochs", "2") == 0

@@ -3,7 +3,10 @@
 ``seed``: the original report's Keras layers, exactly (see ``SeedEncoder``).
 ``resnet``: a compact residual design (stride-2 convs, pre-activation residual
 blocks with GroupNorm, nearest-neighbour or transposed-conv upsampling, a decoder that
-may be deeper than the encoder) of our own.
+may be deeper than the encoder) of our own. With ``full_res=False`` no layer holds
+feature maps at the image's resolution: the first stride-2 conv reads the image and a
+sub-pixel head (conv to 4 channels, ``PixelShuffle(2)``) writes it, which saves about a
+fifth of a training step on CPU.
 
 Images enter as ``(B, 1, S, S)`` in ``[0, 1]`` and leave as ``(B, 1, S, S)`` logits of
 the same range (unclamped); latents are ``(B, D, S / 2**n_down, S / 2**n_down)``.
@@ -84,17 +87,23 @@ class ResBlock(nn.Module):
 
 
 class ResEncoder(nn.Module):
-    """Stem conv, then per level: stride-2 conv and ``blocks[i]`` residual blocks; 1x1 to ``dim``.
+    """Stem conv (``full_res``), then per level: stride-2 conv and ``blocks[i]`` residual
+    blocks; 1x1 to ``dim``.
 
     ``widths[i]`` is the channel count after the i-th downsampling.
     """
 
     def __init__(
-        self, dim: int, widths: tuple[int, ...], blocks: tuple[int, ...], mid_blocks: int
+        self,
+        dim: int,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        mid_blocks: int,
+        full_res: bool = True,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_conv(1, widths[0] // 2)]
-        cin = widths[0] // 2
+        layers: list[nn.Module] = [_conv(1, widths[0] // 2)] if full_res else []
+        cin = widths[0] // 2 if full_res else 1
         for w, nb in zip(widths, blocks, strict=True):
             layers.append(_conv(cin, w, 3, 2))
             layers += [ResBlock(w) for _ in range(nb)]
@@ -109,7 +118,10 @@ class ResEncoder(nn.Module):
 
 class ResDecoder(nn.Module):
     """Mirror of ``ResEncoder``: 1x1 from ``dim``, residual blocks, then per level
-    ``blocks[i]`` residual blocks and a x2 upsampling (see ``_upsample``)."""
+    ``blocks[i]`` residual blocks and a x2 upsampling (see ``_upsample``); norm, SiLU and
+    a 3x3 conv to one channel. Without ``full_res`` the last level does not upsample:
+    its conv writes 4 channels at half resolution, ``PixelShuffle(2)`` puts them side by
+    side, ``(B, 4, S/2, S/2) -> (B, 1, S, S)``."""
 
     def __init__(
         self,
@@ -118,17 +130,23 @@ class ResDecoder(nn.Module):
         blocks: tuple[int, ...],
         mid_blocks: int,
         upsample: str = "nearest",
+        full_res: bool = True,
     ) -> None:
         super().__init__()
         cin = widths[-1]
         layers: list[nn.Module] = [nn.Conv2d(dim, cin, 1)]
         layers += [ResBlock(cin) for _ in range(mid_blocks)]
-        for w, nb in zip(reversed(widths), reversed(blocks), strict=True):
+        for i, (w, nb) in enumerate(zip(reversed(widths), reversed(blocks), strict=True)):
             layers += [ResBlock(cin) for _ in range(nb)]
-            cout = w // 2
-            layers += _upsample(cin, cout, upsample)
-            cin = cout
-        layers += [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU(), _conv(cin, 1)]
+            if full_res or i < len(widths) - 1:
+                cout = w // 2
+                layers += _upsample(cin, cout, upsample)
+                cin = cout
+        norm = [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU()]
+        if full_res:
+            layers += [*norm, _conv(cin, 1)]
+        else:
+            layers += [*norm, _conv(cin, 4), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:

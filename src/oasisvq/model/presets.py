@@ -25,6 +25,7 @@ class VQVAEConfig:
     decoder_blocks: tuple[int, ...] | None = None  # per level, encoder order; None = ``blocks``
     decoder_mid_blocks: int | None = None  # None = ``mid_blocks``
     upsample: str = "nearest"  # decoder x2 upsampling: "nearest" + conv 3x3, or "convt" 4x4
+    full_res: bool = True  # layers at the image's resolution; False: sub-pixel output head
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: str = "mse"  # "mse", or "mse+ssim": (1 - w) * MSE/var + w * (1 - SSIM)
     ssim_weight: float = 0.0
@@ -33,6 +34,7 @@ class VQVAEConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # AdamW's second-moment decay
 
     @property
     def grid(self) -> int:
@@ -76,13 +78,16 @@ PRESETS: dict[str, VQVAEConfig] = {
             ),
             widths=(16, 32, 64, 128),
             blocks=(0, 0, 1, 1),
-            mid_blocks=1,
-            decoder_blocks=(0, 1, 2, 2),
+            mid_blocks=0,
+            decoder_blocks=(0, 1, 2, 1),
+            decoder_mid_blocks=1,
             upsample="convt",
+            full_res=False,
             quantizer=QuantizerConfig(codebook_size=16, dim=16, normalize=True),
             loss="mse+ssim",
             ssim_weight=0.9,
             lr=2e-3,
+            adam_beta2=0.99,
             batch_size=32,
         ),
         VQVAEConfig(

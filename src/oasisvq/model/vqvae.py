@@ -28,13 +28,14 @@ class VQVAE(nn.Module):
             self.encoder: nn.Module = SeedEncoder(dim, cfg.widths)
             self.decoder: nn.Module = SeedDecoder(dim, tuple(reversed(cfg.widths)))
         elif cfg.arch == "resnet":
-            self.encoder = ResEncoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks)
+            self.encoder = ResEncoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks, cfg.full_res)
             self.decoder = ResDecoder(
                 dim,
                 cfg.widths,
                 cfg.blocks if cfg.decoder_blocks is None else cfg.decoder_blocks,
                 cfg.mid_blocks if cfg.decoder_mid_blocks is None else cfg.decoder_mid_blocks,
                 cfg.upsample,
+                cfg.full_res,
             )
         else:
             raise ValueError(f"unknown arch {cfg.arch!r}")

@@ -11,6 +11,7 @@ class TrainConfig:
     batch_size: int
     lr: float
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (0.99 forgets old scales faster)
     warmup_fraction: float = 0.03  # linear warm-up, then cosine decay to lr * final_lr_ratio
     final_lr_ratio: float = 0.05
     grad_clip: float = 1.0

@@ -64,12 +64,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and is_distributed():
-        name = f"cuda:{local_rank()}"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if device.index is None:  # a bare "cuda": this process's GPU (LOCAL_RANK under torchrun)
+            device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     return device
 

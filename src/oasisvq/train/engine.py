@@ -138,6 +138,7 @@ class Engine:
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=cfg.lr,
+            betas=(0.9, cfg.adam_beta2),
             fused=self.device.type in ("cpu", "cuda"),  # one kernel for all parameters
         )
         # cfg.batch_size is the global batch: each of the W processes takes batch_size / W

@@ -60,6 +60,7 @@ def train_vqvae(
             batch_size=int(set_.pop("batch_size", model_cfg.batch_size)),
             lr=float(set_.pop("lr", model_cfg.lr)),
             weight_decay=model_cfg.weight_decay,
+            adam_beta2=model_cfg.adam_beta2,
             **set_,
         )
         data_opts = data_opts or DataOptions(size=model_cfg.image_size)
