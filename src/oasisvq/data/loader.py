@@ -122,7 +122,7 @@ def _save(folder: Path, splits: Splits) -> None:
 
 
 @contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
+def exclusive(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on file ``lock`` (released when its holder exits or dies);
     without file locking (Windows, some network file systems) just go on."""
     try:
@@ -170,7 +170,7 @@ def load_splits(
     if not (folder / "meta.json").exists():
         # Decode once: the torchrun processes of a node (which call this before the
         # process group exists) queue on a file lock; the first decodes, the rest load it.
-        with _exclusive(folder.with_name(folder.name + ".lock")):
+        with exclusive(folder.with_name(folder.name + ".lock")):
             if not (folder / "meta.json").exists():
                 _save(folder, _read(root, opts))
     return _load_cached(folder)

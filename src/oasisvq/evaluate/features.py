@@ -24,13 +24,10 @@ not pixel noise.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from oasisvq.data.loader import exclusive  # the lock the data cache uses too
 from oasisvq.data.slices import SliceSet
 from oasisvq.train import checkpoint
 from oasisvq.train.config import TrainConfig
@@ -189,19 +187,6 @@ def feature_key(data_root: str | None, data_options: dict) -> str:
     return hashlib.sha1(
         json.dumps([str(data_root), data_options], sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
-
-
-@contextlib.contextmanager
-def exclusive(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block;
-    other processes entering it wait until it is released."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def feature_net(
