@@ -128,6 +128,30 @@ def test_train_prior_writes_a_run(tiny: Path) -> None:
     assert np.array_equal(cached, model.encode(np.asarray(images, np.float32) / 255).numpy())
 
 
+def test_transformer_also_trains_on_mirrored_slices(tiny: Path) -> None:
+    """The default transformer adds the codes of the left-right mirrored training images
+    (cached beside the others) to its training set; sagittal slices are not mirrored."""
+    from oasisvq.prior.data import CodeSet
+    from oasisvq.prior.run import add_mirrored
+
+    train = load_splits(tiny / "data", DataOptions(size=SIZE))["train"]
+    model = oasisvq.load(tiny / "run")
+    with np.load(tiny / "run" / "priors" / "codes_train-mirrored.npz") as z:
+        cached = z["codes"]
+    flipped = np.asarray(train.images, np.float32)[:, :, ::-1] / 255
+    assert np.array_equal(cached, model.encode(np.ascontiguousarray(flipped)).numpy())
+    assert not np.array_equal(cached, model.encode(np.asarray(train.images, np.float32) / 255))
+
+    codes = CodeSet(np.zeros((len(train), 8, 8)), train.classes, train.positions, train.ages)
+    vqvae = oasisvq.load(tiny / "run").vqvae
+    both = add_mirrored(codes, tiny / "run", train, vqvae, torch.device("cpu"), "axial")
+    assert len(both) == 2 * len(train)
+    assert np.array_equal(both.codes[len(train) :], cached)
+    assert np.array_equal(both.classes, np.concatenate([train.classes, train.classes]))
+    alone = add_mirrored(codes, tiny / "run", train, vqvae, torch.device("cpu"), "sagittal")
+    assert alone is codes
+
+
 def test_codes_are_encoded_once(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OASISVQ_CACHE", str(tiny / "cache"))
 

@@ -93,16 +93,24 @@ PRESETS: dict[str, VQVAEConfig] = {
         VQVAEConfig(
             name="hifi",
             arch="resnet",
-            description="High fidelity: 32x32 grid, 512 codes (1152 bytes per image).",
-            widths=(32, 64),
-            blocks=(1, 2),
-            mid_blocks=1,
+            description=(
+                "High fidelity: 32x32 grid, 512 codes (1152 bytes per image); "
+                "light encoder, heavier decoder, sub-pixel output."
+            ),
+            widths=(32, 48),
+            blocks=(0, 1),
+            mid_blocks=0,
+            decoder_blocks=(1, 3),
+            decoder_mid_blocks=1,
+            upsample="convt",
+            full_res=False,
             quantizer=QuantizerConfig(codebook_size=512, dim=32),
             loss="mse+ssim",
-            ssim_weight=0.6,
+            ssim_weight=0.9,
             lr=2e-3,
+            adam_beta2=0.99,
             batch_size=32,
-            default_epochs=28,
+            default_epochs=26,
         ),
     ]
 }

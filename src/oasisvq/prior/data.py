@@ -62,6 +62,14 @@ class CodeSet:
     def __len__(self) -> int:
         return len(self.codes)
 
+    def __add__(self, other: CodeSet) -> CodeSet:
+        return CodeSet(
+            *(
+                np.concatenate([getattr(self, k), getattr(other, k)])
+                for k in ("codes", "classes", "positions", "ages")
+            )
+        )
+
     def cond(
         self, index: np.ndarray | slice = slice(None), device: torch.device | str = "cpu"
     ) -> Cond:

@@ -36,6 +36,8 @@ class PriorConfig:
     n_kv_heads: int = 1  # 1 = multi-query attention: a small KV cache makes 32x32 sampling cheap
     mlp_ratio: int = 4
     dropout: float = 0.1
+    # --- data: also train on the codes of the left-right mirrored training images
+    mirror: bool = False
     # --- conditioning: any of "class", "position", "age"; () is unconditional
     condition: tuple[str, ...] = ()
     cond_dropout: float = (
@@ -107,7 +109,8 @@ PRIORS: dict[str, PriorConfig] = {
             n_heads=4,
             n_kv_heads=1,
             dropout=0.1,
-            epochs=40,
+            mirror=True,
+            epochs=60,
             batch_size=64,
             lr=1e-3,
             weight_decay=0.05,

@@ -19,6 +19,7 @@ import torch
 from oasisvq.data.errors import ConfigError
 from oasisvq.data.loader import DataOptions, get_split, load_splits
 from oasisvq.data.slices import SliceSet
+from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.base import Prior
 from oasisvq.prior.data import CodeSet, cached_codes, vqvae_fingerprint
 from oasisvq.prior.registry import PriorConfig, build_prior, get_prior_config
@@ -135,6 +136,8 @@ def train_prior(
     device = D.pick_device(train_cfg.device)
     vqvae = load_vqvae(run_dir, device)
     train_codes = cached_codes(run_dir, "train", train, vqvae, device)
+    if cfg.mirror:
+        train_codes = add_mirrored(train_codes, run_dir, train, vqvae, device, opts.axis)
     val_codes = cached_codes(run_dir, "validate", val, vqvae, device) if val is not None else None
     del vqvae
     config = {
@@ -150,6 +153,27 @@ def train_prior(
         return PriorTask(build_prior(cfg), train_codes, val_codes, train_cfg.batch_size)
 
     return train_task(make_task, train_cfg, out, config, resume=has_ckpt)
+
+
+def add_mirrored(
+    codes: CodeSet,
+    run_dir: Path,
+    train: SliceSet,
+    vqvae: VQVAE,
+    device: torch.device,
+    axis: str,
+) -> CodeSet:
+    """``codes`` followed by the codes of the left-right mirrored training images (cached
+    as split "train-mirrored").
+
+    A mirrored axial or coronal slice is another plausible brain, so this doubles the
+    prior's training data. A mirrored sagittal slice faces the other way: for sagittal
+    slices ``codes`` come back alone, and a line says so."""
+    if axis == "sagittal":
+        print("mirror: sagittal slices are not mirrored; the prior trains on them as they are")
+        return codes
+    flipped = dataclasses.replace(train, images=np.ascontiguousarray(train.images[:, :, ::-1]))
+    return codes + cached_codes(run_dir, "train-mirrored", flipped, vqvae, device)
 
 
 def train_prior_on_codes(
