@@ -143,7 +143,7 @@ def test_transformer_also_trains_on_mirrored_slices(tiny: Path) -> None:
     assert not np.array_equal(cached, model.encode(np.asarray(train.images, np.float32) / 255))
 
     codes = CodeSet(np.zeros((len(train), 8, 8)), train.classes, train.positions, train.ages)
-    vqvae = oasisvq.load(tiny / "run").vqvae
+    vqvae = model.vqvae
     both = add_mirrored(codes, tiny / "run", train, vqvae, torch.device("cpu"), "axial")
     assert len(both) == 2 * len(train)
     assert np.array_equal(both.codes[len(train) :], cached)

@@ -142,11 +142,8 @@ class ResDecoder(nn.Module):
                 cout = w // 2
                 layers += _upsample(cin, cout, upsample)
                 cin = cout
-        norm = [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU()]
-        if full_res:
-            layers += [*norm, _conv(cin, 1)]
-        else:
-            layers += [*norm, _conv(cin, 4), nn.PixelShuffle(2)]
+        head = [_conv(cin, 1)] if full_res else [_conv(cin, 4), nn.PixelShuffle(2)]
+        layers += [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU(), *head]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
