@@ -294,6 +294,11 @@ def measure_run(run: str, data: str | None, split: str, device: torch.device) ->
     return row
 
 
+def _variant(run: dict) -> tuple[str, int]:
+    """A measured run's preset and codebook size (``--codebook-size`` makes variants)."""
+    return run["preset"], run["codebook_size"]
+
+
 # ---------------------------------------------------------------- plot
 def plot(result: dict, path: Path) -> None:
     """SSIM against bytes per image (log x): a curve per codec, a marker per run (and prior)."""
@@ -417,8 +422,8 @@ def main() -> int:
         if args.limit:
             row["note"] = "evaluated on the whole split (--limit applies to the codecs only)"
         runs.append(row)
-    measured = {r["preset"] for r in runs}
-    runs += [r for r in kept if r["preset"] not in measured]
+    measured = {_variant(r) for r in runs}
+    runs += [r for r in kept if _variant(r) not in measured]
 
     result = {
         "benchmark": "rate_distortion",

@@ -99,7 +99,7 @@ def rate_distortion_rows() -> list[str]:
                 else f"{best['bytes_mean']:.0f} ({best['psnr_mean']:.1f})"
             )
         kept = run.get("kept_from")  # a row carried over from an earlier run of the benchmark
-        label = f"`{run['preset']}`" + (
+        label = f"`{run['preset']}`, {run['codebook_size']} codes" + (
             f" (measured earlier, {cpu_label(kept['machine'])})" if kept else ""
         )
         rows.append(
