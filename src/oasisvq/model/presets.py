@@ -57,6 +57,30 @@ class VQVAEConfig:
         return cls(**d)
 
 
+# the high-fidelity preset, defined first because `mid` is built from it
+HIFI = VQVAEConfig(
+    name="hifi",
+    arch="resnet",
+    description=(
+        "High fidelity: 32x32 grid, 512 codes (1152 bytes per image); "
+        "light encoder, heavier decoder, sub-pixel output."
+    ),
+    widths=(32, 48),
+    blocks=(0, 1),
+    mid_blocks=0,
+    decoder_blocks=(1, 3),
+    decoder_mid_blocks=1,
+    upsample="convt",
+    full_res=False,
+    quantizer=QuantizerConfig(codebook_size=512, dim=32),
+    loss="mse+ssim",
+    ssim_weight=0.9,
+    lr=2e-3,
+    adam_beta2=0.99,
+    batch_size=32,
+    default_epochs=26,
+)
+
 PRESETS: dict[str, VQVAEConfig] = {
     cfg.name: cfg
     for cfg in [
@@ -90,50 +114,20 @@ PRESETS: dict[str, VQVAEConfig] = {
             adam_beta2=0.99,
             batch_size=32,
         ),
-        VQVAEConfig(
+        replace(
+            HIFI,
             name="mid",
-            arch="resnet",
             description=(
                 "Between the two: 16x16 grid, 256 codes (256 bytes per image); "
                 "the hifi recipe with a third level."
             ),
             widths=(32, 48, 64),
             blocks=(0, 1, 1),
-            mid_blocks=0,
             decoder_blocks=(1, 2, 2),
-            decoder_mid_blocks=1,
-            upsample="convt",
-            full_res=False,
             quantizer=QuantizerConfig(codebook_size=256, dim=32),
-            loss="mse+ssim",
-            ssim_weight=0.9,
-            lr=2e-3,
-            adam_beta2=0.99,
-            batch_size=32,
             default_epochs=20,
         ),
-        VQVAEConfig(
-            name="hifi",
-            arch="resnet",
-            description=(
-                "High fidelity: 32x32 grid, 512 codes (1152 bytes per image); "
-                "light encoder, heavier decoder, sub-pixel output."
-            ),
-            widths=(32, 48),
-            blocks=(0, 1),
-            mid_blocks=0,
-            decoder_blocks=(1, 3),
-            decoder_mid_blocks=1,
-            upsample="convt",
-            full_res=False,
-            quantizer=QuantizerConfig(codebook_size=512, dim=32),
-            loss="mse+ssim",
-            ssim_weight=0.9,
-            lr=2e-3,
-            adam_beta2=0.99,
-            batch_size=32,
-            default_epochs=26,
-        ),
+        HIFI,
     ]
 }
 
