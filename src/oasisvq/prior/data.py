@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +63,9 @@ class CodeSet:
         return len(self.codes)
 
     def __add__(self, other: CodeSet) -> CodeSet:
+        """The grids and conditions of ``self`` followed by those of ``other``."""
         return CodeSet(
-            *(
-                np.concatenate([getattr(self, k), getattr(other, k)])
-                for k in ("codes", "classes", "positions", "ages")
-            )
+            *(np.concatenate([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self))
         )
 
     def cond(
