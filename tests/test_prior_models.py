@@ -139,6 +139,25 @@ def test_greedy_samples_are_the_argmax_of_a_full_pass(name: str) -> None:
     assert torch.equal(model(codes).argmax(-1), codes)
 
 
+def test_pixelcnn_on_codes_equals_the_one_hot_convolution() -> None:
+    """The embedding-bag first layer gives the dense one-hot convolution's logits and
+    weight gradients, at the grid's edges too, with and without a condition."""
+    for condition in ("", "class"):
+        cfg = get_prior_config("pixelcnn-seed", filters=16, condition=condition or None)
+        cfg = dataclasses.replace(cfg, codebook_size=7, grid=(5, 6), class_names=("x", "y"))
+        torch.manual_seed(0)
+        model = build_prior(cfg).double().eval()  # eval: no condition dropout
+        codes = torch.randint(0, 7, (3, 5, 6))
+        cond = make_cond(3, cls=1) if condition else None
+        onehot = torch.nn.functional.one_hot(codes, 7).permute(0, 3, 1, 2).double()
+        fast, dense = model.forward_codes(codes, cond), model.forward_onehot(onehot, cond)
+        torch.testing.assert_close(fast, dense)
+        (g_fast,) = torch.autograd.grad(fast.square().sum(), model.first.weight)
+        (g_dense,) = torch.autograd.grad(dense.square().sum(), model.first.weight)
+        torch.testing.assert_close(g_fast, g_dense)
+        assert g_fast.abs().sum() > 0 and g_fast[..., 3, 3:].abs().max() == 0  # masked taps
+
+
 def test_pixelcnn_windowed_sampling_equals_naive() -> None:
     model = _tiny("pixelcnn-seed-code", (12, 3), 5).float()
     assert model.reach_rows == 3 + 2

@@ -8,6 +8,10 @@ VQ-VAE example the report followed).
     -> ``head_layers`` x masked type B 1x1 conv (filters), ReLU
     -> 1x1 conv -> logits (B, K, h, w)
 
+The first layer's convolution over one-hot codes is computed as a sum of embedding
+rows (``MaskedConv2d.on_codes``): the same function and weights, without the dense
+``(B, K, h, w)`` input, which dominates the cost at K = 256 or 512 codes.
+
 Type A masks hide the centre and everything after it in raster order; type B masks
 show the centre. Stacked masked convolutions of this kind have a *blind spot*: cells
 up and to the right of the current one, beyond the kernel's reach, are never seen.
@@ -52,6 +56,26 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
+    def on_codes(self, codes: Tensor) -> Tensor:
+        """``forward(one_hot(codes))`` without the one-hot tensor: ``codes (B, h, w)`` int64
+        in ``[0, in_channels)`` -> ``(B, out_channels, h, w)``.
+
+        A convolution over one-hot input adds, for every unmasked tap of the kernel, the
+        weight column of the code under that tap. Each tap is an embedding table and
+        ``F.embedding_bag`` sums the rows the codes pick: with K codes this costs 1/K of the
+        dense convolution (its 7x7 type A layer dominates the PixelCNN at K = 256)."""
+        k, p = self.kernel_size[0], self.padding[0]
+        n_codes, c_out = self.in_channels, self.out_channels
+        taps = self.mask[0, 0].flatten().nonzero().squeeze(1).tolist()  # T unmasked taps
+        weight = self.weight.permute(2, 3, 1, 0).reshape(k * k, n_codes, c_out)[taps]  # (T, K, C)
+        table = F.pad(weight, (0, 0, 0, 1)).reshape(-1, c_out)  # (T * (K+1), C); row K: padding
+        b, h, w = codes.shape
+        padded = F.pad(codes, (p, p, p, p), value=n_codes)  # (B, h+2p, w+2p)
+        idx = torch.stack([padded[:, t // k : t // k + h, t % k : t % k + w] for t in taps], -1)
+        idx = idx + torch.arange(len(taps), device=codes.device) * (n_codes + 1)  # (B, h, w, T)
+        out = F.embedding_bag(idx.reshape(-1, len(taps)), table, mode="sum")  # (B*h*w, C)
+        return (out.view(b, h, w, c_out) + self.bias).permute(0, 3, 1, 2)
+
 
 class ResidualBlock(nn.Module):
     """``x + relu(1x1(relu(maskedB3x3(relu(1x1(x))))))``; x: ``(B, filters, h, w)``."""
@@ -91,8 +115,16 @@ class PixelCNN(Prior):
 
     def forward_onehot(self, x: Tensor, cond: Cond | None = None) -> Tensor:
         """``x (B, K, h', w)`` one-hot (or any float) -> logits ``(B, K, h', w)``."""
-        c = self.cond(cond, x.shape[0]) if self.cond is not None else None
-        h = self.first(x)
+        return self._after_first(self.first(x), cond)
+
+    def forward_codes(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
+        """``codes (B, h', w)`` int64 -> logits ``(B, K, h', w)``; equals ``forward_onehot``
+        of their one-hot encoding, at a fraction of the first layer's cost."""
+        return self._after_first(self.first.on_codes(codes), cond)
+
+    def _after_first(self, h: Tensor, cond: Cond | None) -> Tensor:
+        """First layer's output ``h (B, filters, h', w)`` -> logits ``(B, K, h', w)``."""
+        c = self.cond(cond, h.shape[0]) if self.cond is not None else None
         if self.first_cond is not None:
             h = h + self.first_cond(c)[:, :, None, None]
         h = F.relu(h)
@@ -102,13 +134,9 @@ class PixelCNN(Prior):
             h = F.relu(layer(h))
         return self.out(h)
 
-    def _onehot(self, codes: Tensor) -> Tensor:
-        dtype = self.out.weight.dtype
-        return F.one_hot(codes, self.cfg.codebook_size).permute(0, 3, 1, 2).to(dtype)
-
     def forward(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
         """``codes (B, h, w)`` int64 -> logits ``(B, h, w, K)``."""
-        return self.forward_onehot(self._onehot(codes), cond).permute(0, 2, 3, 1)
+        return self.forward_codes(codes, cond).permute(0, 2, 3, 1)
 
     @torch.no_grad()
     def sample(
@@ -125,13 +153,10 @@ class PixelCNN(Prior):
         hh, ww = self.cfg.grid
         device = self.out.weight.device
         codes = torch.zeros(n, hh, ww, dtype=torch.long, device=device)
-        onehot = self._onehot(codes)
         for r in range(hh):
             top = max(0, r - self.reach_rows) if window else 0
             bottom = r + 1 if window else hh
             for col in range(ww):
-                logits = self.forward_onehot(onehot[:, :, top:bottom], cond)[:, :, r - top, col]
-                code = pick(logits, temperature, top_k, generator)
-                codes[:, r, col] = code
-                onehot[:, :, r, col] = F.one_hot(code, self.cfg.codebook_size).to(onehot.dtype)
+                logits = self.forward_codes(codes[:, top:bottom], cond)[:, :, r - top, col]
+                codes[:, r, col] = pick(logits, temperature, top_k, generator)
         return codes
