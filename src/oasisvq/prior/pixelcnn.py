@@ -52,6 +52,7 @@ class MaskedConv2d(nn.Conv2d):
         if mask_type == "B":
             mask[..., c, c] = 1
         self.register_buffer("mask", mask, persistent=False)
+        self.taps = mask.flatten().nonzero().squeeze(1).tolist()  # unmasked taps, for on_codes
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
@@ -67,7 +68,7 @@ class MaskedConv2d(nn.Conv2d):
         7x7 type A layer, which dominates the dense PixelCNN at K = 256)."""
         k, p = self.kernel_size[0], self.padding[0]
         n_codes, c_out = self.in_channels, self.out_channels
-        taps = self.mask[0, 0].flatten().nonzero().squeeze(1).tolist()  # T unmasked taps
+        taps = self.taps  # T unmasked taps, computed once (no device sync per call)
         weight = self.weight.permute(2, 3, 1, 0).reshape(k * k, n_codes, c_out)[taps]  # (T, K, C)
         table = F.pad(weight, (0, 0, 0, 1)).reshape(-1, c_out)  # (T * (K+1), C); row K: padding
         b, h, w = codes.shape
