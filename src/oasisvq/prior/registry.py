@@ -35,7 +35,7 @@ class PriorConfig:
     n_heads: int = 4
     n_kv_heads: int = 1  # 1 = multi-query attention: a small KV cache makes 32x32 sampling cheap
     mlp_ratio: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.1  # on embeddings and residual branches; none on attention weights
     # --- data: also train on the codes of the left-right mirrored training images
     mirror: bool = False
     # --- conditioning: any of "class", "position", "age"; () is unconditional

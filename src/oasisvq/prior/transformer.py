@@ -55,7 +55,6 @@ class CausalSelfAttention(nn.Module):
         self.q = nn.Linear(d, d)
         self.kv = nn.Linear(d, 2 * g * self.head_dim)
         self.proj = nn.Linear(d, d)
-        self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, t: int = 0) -> Tensor:
@@ -69,8 +68,9 @@ class CausalSelfAttention(nn.Module):
             q = q.permute(0, 2, 3, 1, 4).reshape(b, g * rep, n, hd)  # (B, H, T, hd)
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-            drop = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            # no dropout on the attention weights: with it, SDPA falls back to the kernel that
+            # materialises the (T, T) matrix, which makes a training step ~2.6x slower on CPU
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             y = y.transpose(1, 2).reshape(b, n, d)
         else:
             cache.k[:, :, t : t + 1] = k
