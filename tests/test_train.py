@@ -58,6 +58,24 @@ def test_preset_adam_beta2_reaches_the_optimizer(tiny_tree: Path, tmp_path: Path
     assert [tuple(g["betas"]) for g in groups] == [(0.9, 0.99)] * 2
 
 
+def test_warmup_lasts_at_least_warmup_steps_or_half_a_short_run() -> None:
+    from oasisvq.train.config import TrainConfig
+    from oasisvq.train.engine import _lr_lambda
+
+    def warm_steps(cfg: TrainConfig, total: int) -> int:
+        f = _lr_lambda(cfg, total)
+        return next(s for s in range(total) if f(s) == 1.0) + 1  # the step at the full rate
+
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3)
+    assert warm_steps(cfg, 129) == 64  # one short epoch: half of it
+    assert warm_steps(cfg, 1000) == 100  # warmup_steps above 3% of the run
+    assert warm_steps(cfg, 3870) == 116  # a long run: 3% of it
+    old = TrainConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "warmup_steps"})
+    assert warm_steps(old, 129) == 3  # a run saved before warmup_steps keeps its schedule
+    f = _lr_lambda(cfg, 129)
+    assert f(0) == pytest.approx(1 / 64) and f(128) == pytest.approx(cfg.final_lr_ratio, abs=1e-3)
+
+
 def test_deterministic_and_resume_equals_uninterrupted(tiny_tree: Path, tmp_path: Path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert _train(tiny_tree, a, "--epochs", "2") == 0

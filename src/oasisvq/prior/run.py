@@ -105,7 +105,7 @@ def train_prior(
         if saved.get("kind") != "prior":
             raise ConfigError(f"{out}: not a prior run (kind={saved.get('kind')!r})")
         cfg = PriorConfig.from_dict(saved["prior"])
-        train_cfg = TrainConfig(**saved["train"])
+        train_cfg = TrainConfig.from_dict(saved["train"])
         if epochs is not None:
             train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
         data_root = saved.get("data_root") if data_root is None else data_root

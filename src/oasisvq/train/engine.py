@@ -75,7 +75,7 @@ def train_task(
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int):
-    warm = max(1, int(cfg.warmup_fraction * total_steps))
+    warm = max(1, int(cfg.warmup_fraction * total_steps), min(cfg.warmup_steps, total_steps // 2))
 
     def f(step: int) -> float:
         if step < warm:

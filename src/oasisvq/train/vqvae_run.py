@@ -31,7 +31,7 @@ def _resumed_configs(
         )
     data = saved["data"]
     data["split_fractions"] = tuple(data["split_fractions"])
-    return model_cfg, TrainConfig(**saved["train"]), DataOptions(**data), saved["data_root"]
+    return model_cfg, TrainConfig.from_dict(saved["train"]), DataOptions(**data), saved["data_root"]
 
 
 def train_vqvae(
