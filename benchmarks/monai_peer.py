@@ -141,7 +141,9 @@ def _peak_rss_mib() -> float:
 
 
 def _time_lambda(cfg: TrainConfig, budget_s: float, clock: dict):
-    """LR factor from the elapsed fraction of the training budget (warm-up, then cosine)."""
+    """LR factor from the elapsed fraction of the training budget (warm-up, then cosine).
+    The schedule is laid over 10,000 virtual steps, so its warm-up is ``warmup_fraction`` of
+    the budget; ``warmup_steps`` (a count of real steps) never binds here."""
     shape = _lr_lambda(cfg, 10_000)
 
     def f(_step: int) -> float:

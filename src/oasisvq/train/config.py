@@ -14,8 +14,8 @@ class TrainConfig:
     adam_beta2: float = 0.999  # AdamW's second-moment decay (0.99 forgets old scales faster)
     warmup_fraction: float = 0.03  # linear warm-up, then cosine decay to lr * final_lr_ratio
     # ...over at least this many steps (capped at half the run): AdamW's second-moment
-    # estimate averages over about 1 / (1 - beta2) steps, 100 at beta2 = 0.99, so a short
-    # run that reached its full rate after a handful of steps would take them blind
+    # estimate averages over about 1 / (1 - beta2) steps (100 at beta2 = 0.99), and full-rate
+    # steps taken before it has settled are badly scaled
     warmup_steps: int = 100
     final_lr_ratio: float = 0.05
     grad_clip: float = 1.0
