@@ -22,7 +22,7 @@ MONAI's own defaults hold otherwise (EMA decay 0.5, commitment cost 0.25, normal
 initialisation, no k-means, no dead-code restarts).
 
 Both models are trained by this project's ``Engine`` (AdamW with the preset's learning
-rate and weight decay, warm-up and cosine schedule, gradient clipping, the same autocast
+rate, β2 and weight decay, warm-up and cosine schedule, gradient clipping, the same autocast
 and channels-last settings) through ``VQVAETask``: the same uint8 slice cache, the same
 shuffled batches in the same order (same seed), the preset's batch size and the preset's
 reconstruction loss (MSE / variance, mixed with 1 - SSIM where the preset does) plus each
@@ -179,6 +179,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         batch_size=args.batch_size or cfg.batch_size,
         lr=args.lr or cfg.lr,
         weight_decay=cfg.weight_decay,
+        adam_beta2=cfg.adam_beta2,
         seed=args.seed,
         device=args.device,
         amp=args.amp,

@@ -48,12 +48,46 @@ def prior_rows() -> list[str]:
     ]
     for path in paths:
         r = json.loads(path.read_text())
+        prior = f"`{r.get('prior', '?')}`"
+        if r.get("temperature", 1.0) != 1.0 or r.get("top_k"):
+            prior += f", sampled at temperature {r['temperature']:g}" + (
+                f", top-k {r['top_k']}" if r.get("top_k") else ""
+            )
         rows.append(
-            f"| `{r.get('preset', r.get('run', '?'))}` | `{r.get('prior', '?')}` | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}) | "
+            f"| `{r.get('preset', r.get('run', '?'))}` | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}) | "
             f"{r['nn_ssim_mean']:.3f} | {100 * r['memorised_share']:.1f}% | "
             f"{r['diversity_ms_ssim_samples']:.3f} / {r['diversity_ms_ssim_real']:.3f} | "
             f"{r['frechet_distance']:.2f} / {r['frechet_distance_real_vs_real']:.2f} |"
         )
+    return rows
+
+
+def _pm(std: float | None) -> str:
+    return "" if std is None else f" ± {std:.3f}"
+
+
+def sweep_rows() -> list[str]:
+    rows: list[str] = []
+    for path in sorted(RESULTS.glob("sweep-*.json")):
+        r = json.loads(path.read_text())
+        rows += [
+            "",
+            f"Sampling temperature (`benchmarks/sampling_sweep.py`, `{r['preset']}` / `{r['prior']}`, "
+            f"{r['split']}, {r['n_samples']} samples per draw, mean ± std over "
+            f"{len(r.get('seeds', [0]))} draw(s) per row; real-vs-real FD "
+            f"{r['frechet_distance_real_vs_real']:.3f}, real diversity {r['diversity_ms_ssim_real']:.3f}):",
+            "",
+            "| temperature | top-k | FD (x real-vs-real) | diversity samples (gap) | NN-SSIM | memorised |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in r["rows"]:
+            rows.append(
+                f"| {row['temperature']:g} | {row['top_k'] or '-'} | {row['frechet_distance']:.3f}"
+                f"{_pm(row.get('frechet_distance_std'))} ({row['fd_ratio']:.1f}x) | "
+                f"{row['diversity_ms_ssim_samples']:.3f}{_pm(row.get('diversity_ms_ssim_samples_std'))} "
+                f"({row['diversity_gap']:+.3f}) | {row['nn_ssim_mean']:.3f} | "
+                f"{100 * row['memorised_share']:.1f}% |"
+            )
     return rows
 
 
@@ -225,6 +259,9 @@ def monai_rows() -> list[str]:
         )
         if r.get("train_limit"):
             budget += f", {r['train_limit']} images"
+        beta2 = r["ours"]["train"].get("config", {}).get("adam_beta2")
+        if beta2 is not None:  # both models of a pair train with the same optimiser settings
+            budget += f", AdamW β2 {beta2:g}"
         for who in ("ours", "peer"):
             m = r[who]
             e, t = m["eval"], m["train"]
@@ -258,6 +295,7 @@ def main() -> int:
     table = "\n".join(
         quality_rows()
         + prior_rows()
+        + sweep_rows()
         + rate_distortion_rows()
         + monai_rows()
         + throughput_rows()
