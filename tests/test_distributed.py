@@ -150,9 +150,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     assert torch.equal(r0["state"][q + "ema_count"], single["state"][q + "ema_count"]), (
         "code assignments differ"
     )
+    # fp32 convolutions of 4 and of 8 images round differently, and AdamW's normalised step
+    # turns rounding in a near-zero gradient into a step of up to lr (2e-3): on an AVX-512
+    # CPU single weights differed by up to ~1.3e-4 after 8 steps. The ranks' equality above
+    # and the matching code assignments and losses are the exact checks.
     for name, value in single["state"].items():
         other = r0["state"][name]
-        assert torch.allclose(value.double(), other.double(), rtol=1e-4, atol=1e-5), (
+        assert torch.allclose(value.double(), other.double(), rtol=1e-3, atol=1e-3), (
             f"{name}: 1 vs 2 processes differ by {(value.double() - other.double()).abs().max():.3g}"
         )
     h1 = json.loads((tmp_path / "one" / "history.json").read_text())
