@@ -1,7 +1,7 @@
 """Sample quality against sampling temperature and top-k, for one trained prior; one JSON result.
 
     python benchmarks/sampling_sweep.py --run runs/mid --prior transformer --split validate \
-        --temperatures 1.0 0.95 0.9 0.85 --top-k 0 --out benchmarks/results/sweep-mid.json
+        --temperatures 0.9 1.0 1.1 --seeds 3 --out benchmarks/results/sweep-mid-transformer.json
 
 A lower temperature (or a top-k cut) drops the unlikely codes whose artefacts make
 samples look unlike real slices, at the cost of diversity and, in the limit, of
@@ -127,11 +127,11 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    scale = result["frechet_distance_real_vs_real"]
     for k in sorted({r["top_k"] or 0 for r in result["rows"]}):
         rows = [r for r in result["rows"] if (r["top_k"] or 0) == k]
         label = f"top-k {k}" if k else "no top-k"
         ts = [r["temperature"] for r in rows]
-        scale = result["frechet_distance_real_vs_real"]
         fd_err = [(r["frechet_distance_std"] or 0) / scale for r in rows]
         div_err = [r["diversity_ms_ssim_samples_std"] or 0 for r in rows]
         a.errorbar(ts, [r["fd_ratio"] for r in rows], fd_err, fmt="o-", capsize=3, label=label)
