@@ -1,4 +1,4 @@
-"""Sample quality against sampling temperature and top-k, for one trained prior; one JSON result.
+"""Sample quality against sampling temperature, top-k and guidance, for one prior; one JSON result.
 
     python benchmarks/sampling_sweep.py --run runs/mid --prior transformer --split validate \
         --temperatures 0.9 1.0 1.1 --seeds 3 --out benchmarks/results/sweep-mid-transformer.json
@@ -22,7 +22,10 @@ small change of temperature moves it.
 
 The feature network, the codes and the reconstructions are the run's cached ones, so
 the numbers are those ``evaluate-samples`` gives for the same setting and seed.
-``--top-k 0`` means no cut.
+``--top-k 0`` means no cut. ``--guidance`` (conditional priors only) sweeps the
+classifier-free guidance scale: 1 is the prior as trained, above 1 leans each sample
+further towards its condition (drawn from the training split, as ``evaluate-samples``
+draws them).
 """
 
 from __future__ import annotations
@@ -72,9 +75,11 @@ def sweep(args: argparse.Namespace) -> dict:
     threshold = float(np.percentile(real_nn, 99))
     div_real = mean_pairwise_similarity(held.images, args.pairs, args.seed)[0]
 
-    def measure(temperature: float, top_k: int, seed: int) -> dict:
+    def measure(temperature: float, top_k: int, guidance: float, seed: int) -> dict:
         """One draw of ``args.n`` samples at one setting, measured."""
-        codes = sample_codes(prior, args.n, cond, temperature, top_k or None, seed)
+        codes = sample_codes(
+            prior, args.n, cond, temperature, top_k or None, seed, guidance=guidance
+        )
         samples = decode_codes(model, codes).numpy()
         _, nn_ssim = nearest_neighbours(samples, train.images)
         return {
@@ -85,23 +90,23 @@ def sweep(args: argparse.Namespace) -> dict:
         }
 
     rows = []
-    for top_k in args.top_k:
-        for t in args.temperatures:
-            t0 = time.perf_counter()
-            draws = [measure(t, top_k, s) for s in seeds]
-            row: dict = {"temperature": t, "top_k": top_k or None}
-            for key in draws[0]:  # mean over the draws, and their spread
-                values = np.array([d[key] for d in draws])
-                row[key] = float(values.mean())
-                row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
-            row.update(
-                fd_ratio=row["frechet_distance"] / fd_real,
-                diversity_gap=row["diversity_ms_ssim_samples"] - div_real,
-                per_seed=draws,
-                seconds=time.perf_counter() - t0,
-            )
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "per_seed"}), flush=True)
+    settings = [(t, k, g) for g in args.guidance for k in args.top_k for t in args.temperatures]
+    for t, top_k, g in settings:
+        t0 = time.perf_counter()
+        draws = [measure(t, top_k, g, s) for s in seeds]
+        row: dict = {"temperature": t, "top_k": top_k or None, "guidance": g}
+        for key in draws[0]:  # mean over the draws, and their spread
+            values = np.array([d[key] for d in draws])
+            row[key] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+        row.update(
+            fd_ratio=row["frechet_distance"] / fd_real,
+            diversity_gap=row["diversity_ms_ssim_samples"] - div_real,
+            per_seed=draws,
+            seconds=time.perf_counter() - t0,
+        )
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "per_seed"}), flush=True)
     return {
         "benchmark": "sampling_sweep",
         "run": str(run),
@@ -128,18 +133,26 @@ def plot(result: dict, path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     scale = result["frechet_distance_real_vs_real"]
-    for k in sorted({r["top_k"] or 0 for r in result["rows"]}):
-        rows = [r for r in result["rows"] if (r["top_k"] or 0) == k]
-        label = f"top-k {k}" if k else "no top-k"
-        ts = [r["temperature"] for r in rows]
-        fd_err = [(r["frechet_distance_std"] or 0) / scale for r in rows]
-        div_err = [r["diversity_ms_ssim_samples_std"] or 0 for r in rows]
-        a.errorbar(ts, [r["fd_ratio"] for r in rows], fd_err, fmt="o-", capsize=3, label=label)
+    rows = result["rows"]
+    # x: guidance when several scales were swept, else temperature; one curve per other setting
+    x_key = "guidance" if len({r.get("guidance", 1.0) for r in rows}) > 1 else "temperature"
+    other = "temperature" if x_key == "guidance" else "guidance"
+
+    def curve_of(r: dict) -> tuple:
+        return (r["top_k"] or 0, r.get(other, 1.0))
+
+    for key in sorted({curve_of(r) for r in rows}):
+        curve = [r for r in rows if curve_of(r) == key]
+        label = (f"top-k {key[0]}" if key[0] else "no top-k") + f", {other} {key[1]:g}"
+        xs = [r.get(x_key, 1.0) for r in curve]
+        fd_err = [(r["frechet_distance_std"] or 0) / scale for r in curve]
+        div_err = [r["diversity_ms_ssim_samples_std"] or 0 for r in curve]
+        a.errorbar(xs, [r["fd_ratio"] for r in curve], fd_err, fmt="o-", capsize=3, label=label)
         b.errorbar(
-            ts, [r["diversity_gap"] for r in rows], div_err, fmt="o-", capsize=3, label=label
+            xs, [r["diversity_gap"] for r in curve], div_err, fmt="o-", capsize=3, label=label
         )
-    a.set(xlabel="temperature", ylabel="Frechet distance / real-vs-real", title="fidelity")
-    b.set(xlabel="temperature", ylabel="MS-SSIM samples - real", title="diversity gap (0 = real)")
+    a.set(xlabel=x_key, ylabel="Frechet distance / real-vs-real", title="fidelity")
+    b.set(xlabel=x_key, ylabel="MS-SSIM samples - real", title="diversity gap (0 = real)")
     b.axhline(0, color="grey", lw=0.8)
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -163,6 +176,13 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=2000, help="pairs for the diversity mean")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.95, 0.9, 0.85])
     p.add_argument("--top-k", type=int, nargs="+", default=[0], help="0 = no cut")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="classifier-free guidance scales (conditional priors; 1 = none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
     p.add_argument(
         "--seeds", type=int, default=1, help="draws per setting (seed, seed+1, ...): mean and std"

@@ -49,10 +49,14 @@ def prior_rows() -> list[str]:
     for path in paths:
         r = json.loads(path.read_text())
         prior = f"`{r.get('prior', '?')}`"
+        if r.get("condition"):
+            prior += f" (conditioned on {', '.join(r['condition'])}, drawn as in training)"
         if r.get("temperature", 1.0) != 1.0 or r.get("top_k"):
             prior += f", sampled at temperature {r['temperature']:g}" + (
                 f", top-k {r['top_k']}" if r.get("top_k") else ""
             )
+        if r.get("guidance", 1.0) != 1.0:
+            prior += f", guidance {r['guidance']:g}"
         rows.append(
             f"| `{r.get('preset', r.get('run', '?'))}` | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}) | "
             f"{r['nn_ssim_mean']:.3f} | {100 * r['memorised_share']:.1f}% | "
@@ -72,17 +76,19 @@ def sweep_rows() -> list[str]:
         r = json.loads(path.read_text())
         rows += [
             "",
-            f"Sampling temperature (`benchmarks/sampling_sweep.py`, `{r['preset']}` / `{r['prior']}`, "
+            f"Sampling settings (`benchmarks/sampling_sweep.py`, `{r['preset']}` / `{r['prior']}`, "
             f"{r['split']}, {r['n_samples']} samples per draw, mean ± std over "
             f"{len(r.get('seeds', [0]))} draw(s) per row; real-vs-real FD "
             f"{r['frechet_distance_real_vs_real']:.3f}, real diversity {r['diversity_ms_ssim_real']:.3f}):",
             "",
-            "| temperature | top-k | FD (x real-vs-real) | diversity samples (gap) | NN-SSIM | memorised |",
-            "|---|---|---|---|---|---|",
+            "| temperature | top-k | guidance | FD (x real-vs-real) | diversity samples (gap) "
+            "| NN-SSIM | memorised |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in r["rows"]:
             rows.append(
-                f"| {row['temperature']:g} | {row['top_k'] or '-'} | {row['frechet_distance']:.3f}"
+                f"| {row['temperature']:g} | {row['top_k'] or '-'} | {row.get('guidance', 1.0):g} "
+                f"| {row['frechet_distance']:.3f}"
                 f"{_pm(row.get('frechet_distance_std'))} ({row['fd_ratio']:.1f}x) | "
                 f"{row['diversity_ms_ssim_samples']:.3f}{_pm(row.get('diversity_ms_ssim_samples_std'))} "
                 f"({row['diversity_gap']:+.3f}) | {row['nn_ssim_mean']:.3f} | "

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from oasisvq.data.errors import ConfigError
-from oasisvq.prior.base import make_cond, pick
+from oasisvq.prior.base import guide, make_cond, pick
 from oasisvq.prior.pixelcnn import MaskedConv2d, PixelCNN
 from oasisvq.prior.registry import PRIORS, build_prior, get_prior_config
 from oasisvq.prior.transformer import TransformerPrior
+from oasisvq.sample.sampler import sample_codes
 
 
 def _tiny(name: str, grid: tuple[int, int] = (5, 5), k: int = 6, **kw: object):
@@ -250,3 +251,57 @@ def test_registry_errors() -> None:
         get_prior_config("transformer", not_a_field=1)
     with pytest.raises(ConfigError):
         build_prior(PRIORS["transformer"])  # grid and codebook size not set
+
+
+def test_guide_extrapolates_from_the_unconditional_logits() -> None:
+    cond_logits = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
+    uncond_logits = torch.tensor([[2.0, 2.0], [1.0, -1.0]])
+    both = torch.cat([cond_logits, uncond_logits])  # conditional rows first
+    torch.testing.assert_close(guide(both, 0.0), uncond_logits)
+    torch.testing.assert_close(guide(both, 1.0), cond_logits)
+    torch.testing.assert_close(guide(both, 3.0), torch.tensor([[-1.0, 5.0], [-2.0, 2.0]]))
+
+
+def _conditional(name: str):
+    cfg = dataclasses.replace(
+        get_prior_config(name, condition="class", filters=16, d_model=32, n_layers=2),
+        codebook_size=6,
+        grid=(4, 5),
+        class_names=("x", "y"),
+    )
+    torch.manual_seed(0)
+    model = build_prior(cfg).eval()
+    for p in model.parameters():  # away from the init where conditions barely matter
+        p.data += 0.3 * torch.randn_like(p)
+    return model
+
+
+@pytest.mark.parametrize("name", ["pixelcnn-seed", "transformer"])
+def test_guided_sampling_interpolates_between_marginal_and_conditional(name: str) -> None:
+    """Guidance 0 draws what the unknown condition draws, 1 what the plain conditional draw
+    gives (the same uniforms per row); other scales move the samples."""
+    model = _conditional(name)
+    n, cls_1 = 64, make_cond(64, cls=1)
+
+    def draw(cond, guidance: float) -> torch.Tensor:
+        return sample_codes(model, n, cond, seed=7, guidance=guidance)
+
+    plain = draw(cls_1, 1.0)
+    assert plain.shape == (n, 4, 5)
+    assert torch.equal(draw(cls_1, 0.0), draw(make_cond(n), 1.0))
+    assert not torch.equal(plain, draw(make_cond(n), 1.0))
+    strong = draw(cls_1, 4.0)
+    assert not torch.equal(strong, plain) and 0 <= strong.min() and strong.max() < 6
+
+
+def test_guidance_needs_a_conditional_prior_trained_with_unknown_conditions() -> None:
+    unconditional = _tiny("transformer")
+    with pytest.raises(ConfigError, match="unconditional"):
+        sample_codes(unconditional, 2, None, guidance=2.0)
+    sample_codes(unconditional, 2, None, guidance=1.0)  # no guidance: fine
+    model = _conditional("transformer")
+    with pytest.raises(ConfigError, match="at least 0"):
+        sample_codes(model, 2, make_cond(2, cls=0), guidance=-1.0)
+    model.cfg = dataclasses.replace(model.cfg, cond_dropout=0.0)
+    with pytest.raises(ConfigError, match="cond_dropout"):
+        sample_codes(model, 2, make_cond(2, cls=0), guidance=2.0)

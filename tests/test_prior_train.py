@@ -95,6 +95,13 @@ def test_conditional_prior_follows_its_condition(tmp_path: Path) -> None:
     for c in range(3):
         codes = model.sample(32, make_cond(32, cls=c), generator=torch.Generator().manual_seed(c))
         assert ((codes // 2) == c).float().mean() > 0.9
+    # classifier-free guidance: 0 ignores the class (the marginal mixes all three), 3 keeps it
+    for c in range(3):
+        cond, g = make_cond(300, cls=c), torch.Generator().manual_seed(10 + c)
+        marginal = model.sample(300, cond, generator=g, guidance=0.0)[:, 0, 0] // 2
+        assert 0.15 < (marginal == c).float().mean() < 0.55
+        guided = model.sample(300, cond, generator=g, guidance=3.0)
+        assert ((guided // 2) == c).float().mean() > 0.95
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

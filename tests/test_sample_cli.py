@@ -260,37 +260,17 @@ def test_conditional_prior_cli(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> N
     saved = checkpoint.read_config(tiny / "run" / "priors" / "by-class")
     assert saved["prior"]["condition"] == ["class"] and saved["prior"]["class_names"] == ["A", "B"]
     out = tiny / "class-b"
-    assert (
-        _run_cli(
-            "sample",
-            run,
-            "--prior",
-            "by-class",
-            "--class",
-            "B",
-            "--n",
-            "2",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        )
-        == 0
-    )
+
+    def sample(*args: str) -> int:
+        return _run_cli("sample", run, "--n", "2", "--out", str(out), "--device", "cpu", *args)
+
+    assert sample("--prior", "by-class", "--class", "B", "--guidance", "2") == 0
     assert len(list((out / "images").glob("*.png"))) == 2
-    assert (
-        _run_cli(
-            "sample", run, "--prior", "by-class", "--class", "Z", "--n", "2", "--out", str(out)
-        )
-        == 2
-    )
-    assert (
-        _run_cli(
-            "sample", run, "--prior", "transformer", "--class", "A", "--n", "2", "--out", str(out)
-        )
-        == 2
-    )
-    assert _run_cli("sample", run, "--prior", "nope", "--n", "2", "--out", str(out)) == 2
+    assert json.loads((out / "sample.json").read_text())["guidance"] == 2.0
+    assert sample("--prior", "by-class", "--class", "Z") == 2
+    assert sample("--prior", "transformer", "--class", "A") == 2
+    assert sample("--prior", "transformer", "--guidance", "2") == 2  # needs a conditional prior
+    assert sample("--prior", "nope") == 2
     # the data has no slice positions
     assert (
         _run_cli(

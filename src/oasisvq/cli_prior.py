@@ -157,6 +157,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         age=args.age,
         batch_size=args.batch_size,
         precision=args.precision,
+        guidance=args.guidance,
     )
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         "n": args.n,
         "temperature": args.temperature,
         "top_k": args.top_k,
+        "guidance": args.guidance,
         "seed": args.seed,
         "class": args.class_name,
         "slice_pos": args.slice_pos,
@@ -206,6 +208,13 @@ def _sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
     )
     p.add_argument(
         "--top-k", type=int, default=None, help="sample among the K most likely codes only"
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance of a conditional prior: 1 = none (default), 0 = the "
+        "marginal, above 1 = further towards the condition",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="random seed (same seed and batch size, same samples)"
@@ -259,6 +268,7 @@ def _cmd_evaluate_samples(args: argparse.Namespace) -> int:
         json_path=args.json,
         temperature=args.temperature,
         top_k=args.top_k,
+        guidance=args.guidance,
         seed=args.seed,
         batch_size=args.batch_size,
         precision=args.precision,

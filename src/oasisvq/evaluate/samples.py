@@ -178,6 +178,7 @@ def evaluate_samples(
     json_path: str | Path | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
+    guidance: float = 1.0,
     seed: int = 0,
     batch_size: int | None = None,
     precision: str = "fp32",
@@ -232,6 +233,7 @@ def evaluate_samples(
         "n_train": len(train),
         "temperature": temperature,
         "top_k": top_k,
+        "guidance": guidance,
         "seed": seed,
         "grid": list(cfg.grid),
         "codebook_size": cfg.codebook_size,
@@ -243,7 +245,9 @@ def evaluate_samples(
     summary["uniform_bits_per_image"] = uniform_bits(cfg)
     summary["nll_bits_per_cell"] = float(nll.mean()) / cfg.cells
     if cfg.condition:
-        wrong = _wrong_condition(cfg, held_codes, rng)
+        # its own stream: the draws below (conditions, reference images) stay those of the
+        # same seed in benchmarks/sampling_sweep.py
+        wrong = _wrong_condition(cfg, held_codes, np.random.default_rng([seed, 1]))
         unknown = {
             "cls": np.full(len(held), -1),
             "pos": np.full(len(held), np.nan, np.float32),
@@ -263,7 +267,7 @@ def evaluate_samples(
         cond_idx = rng.integers(0, len(train_codes), n)
         cond = train_codes.cond(cond_idx)
     t0 = time.perf_counter()
-    codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size)
+    codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size, guidance)
     t1 = time.perf_counter()
     samples = decode_codes(model, codes, precision=precision).numpy()
     summary["sampling_seconds"] = t1 - t0

@@ -99,6 +99,24 @@ class ConditionEmbedding(nn.Module):
         return out
 
 
+def guidance_batch(cond: Cond | None, n: int, guidance: float) -> Cond | None:
+    """The conditions of a classifier-free guided draw of ``n`` grids: ``cond`` followed by
+    ``n`` unknown ones (``2n`` rows), or None for ``guidance == 1`` (the prior as trained)."""
+    if guidance == 1.0 or cond is None:
+        return None
+    unknown = make_cond(n, device=next(iter(cond.values())).device)
+    return {k: torch.cat([v, unknown[k].to(v.dtype)]) for k, v in cond.items()}
+
+
+def guide(logits: Tensor, guidance: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans, 2022): ``logits (2n, K)``, conditional rows
+    first, then the same grids with unknown conditions -> ``(n, K)`` fp32 logits
+    ``l_u + guidance * (l_c - l_u)``. 0 is the marginal, 1 the conditional prior, above 1
+    leans further towards what sets the condition apart."""
+    cond_logits, uncond_logits = logits.float().chunk(2)
+    return uncond_logits + guidance * (cond_logits - uncond_logits)
+
+
 def pick(
     logits: Tensor,
     temperature: float = 1.0,
@@ -145,6 +163,8 @@ class Prior(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        guidance: float = 1.0,
     ) -> Tensor:
-        """``n`` code grids ``(n, h, w)`` int64, drawn in raster order."""
+        """``n`` code grids ``(n, h, w)`` int64, drawn in raster order; ``guidance`` other
+        than 1 draws with classifier-free guidance (see ``guide``)."""
         raise NotImplementedError

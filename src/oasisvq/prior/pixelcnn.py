@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, pick
+from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guidance_batch, guide, pick
 from oasisvq.prior.registry import PriorConfig
 
 
@@ -148,17 +148,24 @@ class PixelCNN(Prior):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        guidance: float = 1.0,
         window: bool = True,
     ) -> Tensor:
         """``n`` grids ``(n, h, w)``. ``window=False`` runs the whole grid for every cell
-        (the naive way, kept for the benchmark)."""
+        (the naive way, kept for the benchmark). With ``guidance`` other than 1 the batch
+        holds each grid twice (conditional, unknown)."""
         hh, ww = self.cfg.grid
         device = self.out.weight.device
-        codes = torch.zeros(n, hh, ww, dtype=torch.long, device=device)
+        guided = guidance_batch(cond, n, guidance)
+        rows = n if guided is None else 2 * n
+        codes = torch.zeros(rows, hh, ww, dtype=torch.long, device=device)
         for r in range(hh):
             top = max(0, r - self.reach_rows) if window else 0
             bottom = r + 1 if window else hh
             for col in range(ww):
-                logits = self.forward_codes(codes[:, top:bottom], cond)[:, :, r - top, col]
-                codes[:, r, col] = pick(logits, temperature, top_k, generator)
-        return codes
+                logits = self.forward_codes(codes[:, top:bottom], guided or cond)
+                logits = logits[:, :, r - top, col]  # (rows, K)
+                if guided is not None:
+                    logits = guide(logits, guidance)  # (n, K)
+                codes[:, r, col] = pick(logits, temperature, top_k, generator).repeat(rows // n)
+        return codes[:n]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, pick
+from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guidance_batch, guide, pick
 from oasisvq.prior.registry import PriorConfig
 
 
@@ -200,13 +200,20 @@ class TransformerPrior(Prior):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        guidance: float = 1.0,
     ) -> Tensor:
-        """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache."""
-        pos, cache = self.positions(), self.new_cache(n)
-        x = self.cond(cond, n) + pos[0]
+        """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache. With
+        ``guidance`` other than 1 the batch holds each grid twice (conditional, unknown)."""
+        guided = guidance_batch(cond, n, guidance)
+        rows = n if guided is None else 2 * n
+        pos, cache = self.positions(), self.new_cache(rows)
+        x = self.cond(cond if guided is None else guided, rows) + pos[0]
         out = torch.empty(n, self.cfg.cells, dtype=torch.long, device=pos.device)
         for t in range(self.cfg.cells):
-            out[:, t] = pick(self.step(x, t, cache), temperature, top_k, generator)
+            logits = self.step(x, t, cache)  # (rows, K)
+            if guided is not None:
+                logits = guide(logits, guidance)  # (n, K)
+            out[:, t] = pick(logits, temperature, top_k, generator)
             if t + 1 < self.cfg.cells:
-                x = self.tok(out[:, t]) + pos[t + 1]
+                x = self.tok(out[:, t].repeat(rows // n)) + pos[t + 1]
         return out.view(n, *self.cfg.grid)

@@ -71,6 +71,24 @@ def resolve_condition(
     return out
 
 
+def check_guidance(cfg: PriorConfig, guidance: float) -> None:
+    """Guidance needs a conditional prior that was also trained without its conditions."""
+    if guidance == 1.0:
+        return
+    if guidance < 0:
+        raise ConfigError(f"guidance {guidance}: expected at least 0 (1 = no guidance)")
+    if not cfg.condition:
+        raise ConfigError(
+            f"prior {cfg.name!r} is unconditional: guidance needs a conditional prior "
+            "(train one with --condition)"
+        )
+    if cfg.cond_dropout <= 0:
+        raise ConfigError(
+            f"prior {cfg.name!r} was trained with cond_dropout=0, so it never saw unknown "
+            "conditions: guidance needs cond_dropout > 0"
+        )
+
+
 def _autocast(precision: str, device: torch.device):
     """Decoding precision: "fp32", "bf16", or "auto" (bf16 where the device has native
     bfloat16, e.g. CPUs with AVX512-BF16/AMX and recent GPUs; fp32 elsewhere)."""
@@ -94,11 +112,15 @@ def sample_codes(
     top_k: int | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
+    guidance: float = 1.0,
 ) -> Tensor:
     """``n`` code grids ``(n, h, w)`` int64 on the CPU, drawn ``batch_size`` at a time, in
     fp32 (the probabilities are exact; bf16 does not make the KV-cached steps faster).
 
-    cond: per-example conditions of length ``n`` (see :mod:`oasisvq.prior.base`)."""
+    cond: per-example conditions of length ``n`` (see :mod:`oasisvq.prior.base`).
+    guidance: classifier-free guidance scale of a conditional prior (1 = none; see
+    :func:`oasisvq.prior.base.guide`); each guided grid costs two."""
+    check_guidance(prior.cfg, guidance)
     device = next(prior.parameters()).device
     bs = batch_size or default_batch_size(prior.cfg)
     gen = torch.Generator(device).manual_seed(secrets.randbits(62) if seed is None else int(seed))
@@ -106,7 +128,7 @@ def sample_codes(
     for s in range(0, n, bs):
         m = min(bs, n - s)
         c = None if cond is None else {k: v[s : s + m].to(device) for k, v in cond.items()}
-        out.append(prior.sample(m, c, temperature, top_k, gen).cpu())
+        out.append(prior.sample(m, c, temperature, top_k, gen, guidance).cpu())
     return torch.cat(out) if out else torch.zeros(0, *prior.cfg.grid, dtype=torch.long)
 
 
@@ -151,12 +173,15 @@ def sample_images(
     age: float | None = None,
     batch_size: int | None = None,
     precision: str = "auto",
+    guidance: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """``n`` new images from the run's prior, decoded by its VQ-VAE.
 
     Returns ``images (n, S, S)`` float32 in [0, 1] and ``codes (n, h, w)`` int64 (CPU).
     ``class_name`` / ``slice_pos`` / ``age`` condition a prior trained with them
-    (unset: the marginal). Codes are drawn in fp32; ``precision`` is the decoder's
+    (unset: the marginal); ``guidance`` above 1 leans the samples further towards them
+    (classifier-free guidance; see ``sample_codes``). Codes are drawn in fp32;
+    ``precision`` is the decoder's
     ("auto": bf16 where the device has native bfloat16, else fp32; see ``decode_codes``).
     """
     if n < 0:
@@ -164,7 +189,7 @@ def sample_images(
     p = get_prior(model, prior)
     c = resolve_condition(p.cfg, class_name, slice_pos, age)
     cond = make_cond(n, c["cls"], c["pos"], c["age"]) if p.cfg.condition else None
-    codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size)
+    codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size, guidance)
     return decode_codes(model, codes, precision=precision), codes
 
 
