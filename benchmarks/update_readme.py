@@ -50,15 +50,21 @@ def prior_rows() -> list[str]:
         r = json.loads(path.read_text())
         prior = f"`{r.get('prior', '?')}`"
         if r.get("condition"):
-            prior += f" (conditioned on {', '.join(r['condition'])}, drawn as in training)"
+            prior += f" (conditioned on {', '.join(r['condition'])}; samples' conditions drawn from the training split)"
         if r.get("temperature", 1.0) != 1.0 or r.get("top_k"):
             prior += f", sampled at temperature {r['temperature']:g}" + (
                 f", top-k {r['top_k']}" if r.get("top_k") else ""
             )
         if r.get("guidance", 1.0) != 1.0:
             prior += f", guidance {r['guidance']:g}"
+        wrong = ""  # a conditional prior's NLL is given the true condition
+        if "nll_bits_per_image_wrong_condition" in r:
+            wrong = (
+                f"; wrong condition {r['nll_bits_per_image_wrong_condition']:.1f}, "
+                f"unknown {r['nll_bits_per_image_unknown_condition']:.1f}"
+            )
         rows.append(
-            f"| `{r.get('preset', r.get('run', '?'))}` | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}) | "
+            f"| `{r.get('preset', r.get('run', '?'))}` | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}){wrong} | "
             f"{r['nn_ssim_mean']:.3f} | {100 * r['memorised_share']:.1f}% | "
             f"{r['diversity_ms_ssim_samples']:.3f} / {r['diversity_ms_ssim_real']:.3f} | "
             f"{r['frechet_distance']:.2f} / {r['frechet_distance_real_vs_real']:.2f} |"
