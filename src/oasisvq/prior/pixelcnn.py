@@ -157,15 +157,15 @@ class PixelCNN(Prior):
         hh, ww = self.cfg.grid
         device = self.out.weight.device
         guided = guidance_batch(cond, n, guidance)
-        rows = n if guided is None else 2 * n
-        codes = torch.zeros(rows, hh, ww, dtype=torch.long, device=device)
+        copies = 1 if guided is None else 2  # each grid: conditional, unknown
+        codes = torch.zeros(copies * n, hh, ww, dtype=torch.long, device=device)
         for r in range(hh):
             top = max(0, r - self.reach_rows) if window else 0
             bottom = r + 1 if window else hh
             for col in range(ww):
                 logits = self.forward_codes(codes[:, top:bottom], guided or cond)
-                logits = logits[:, :, r - top, col]  # (rows, K)
+                logits = logits[:, :, r - top, col]  # (copies * n, K)
                 if guided is not None:
                     logits = guide(logits, guidance)  # (n, K)
-                codes[:, r, col] = pick(logits, temperature, top_k, generator).repeat(rows // n)
+                codes[:, r, col] = pick(logits, temperature, top_k, generator).repeat(copies)
         return codes[:n]

@@ -205,15 +205,15 @@ class TransformerPrior(Prior):
         """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache. With
         ``guidance`` other than 1 the batch holds each grid twice (conditional, unknown)."""
         guided = guidance_batch(cond, n, guidance)
-        rows = n if guided is None else 2 * n
-        pos, cache = self.positions(), self.new_cache(rows)
-        x = self.cond(cond if guided is None else guided, rows) + pos[0]
+        copies = 1 if guided is None else 2  # each grid: conditional, unknown
+        pos, cache = self.positions(), self.new_cache(copies * n)
+        x = self.cond(cond if guided is None else guided, copies * n) + pos[0]
         out = torch.empty(n, self.cfg.cells, dtype=torch.long, device=pos.device)
         for t in range(self.cfg.cells):
-            logits = self.step(x, t, cache)  # (rows, K)
+            logits = self.step(x, t, cache)  # (copies * n, K)
             if guided is not None:
                 logits = guide(logits, guidance)  # (n, K)
             out[:, t] = pick(logits, temperature, top_k, generator)
             if t + 1 < self.cfg.cells:
-                x = self.tok(out[:, t].repeat(rows // n)) + pos[t + 1]
+                x = self.tok(out[:, t].repeat(copies)) + pos[t + 1]
         return out.view(n, *self.cfg.grid)
