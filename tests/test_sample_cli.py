@@ -338,6 +338,7 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
     assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
+    assert r["frechet_distance_real_vs_mirrored"] >= 0 and r["mirror"] is True  # the default
     figs = Path(r["figures"])
     assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()
     # the feature network is trained once and then reused

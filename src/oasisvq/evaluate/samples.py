@@ -22,7 +22,9 @@ split (``test``, else ``validate``):
   (its scale) and between the held-out images and their reconstructions (what the
   VQ-VAE alone costs). Decoded images are blurrier than real ones, which the features
   see, so the prior's own share is given apart: samples against reconstructions of
-  the held-out images, beside held-out against training reconstructions (its scale);
+  the held-out images, beside held-out against training reconstructions (its scale).
+  The held-out images against the same training subset mirrored left-right show how
+  far brains in the other left-right convention are from the data;
 * for conditional priors: NLL with the true, a wrong and an unknown condition, and
   whether samples show the condition they were drawn with (by the feature network's
   class / position heads).
@@ -227,6 +229,7 @@ def evaluate_samples(
         "prior": name,
         "prior_arch": cfg.arch,
         "condition": list(cfg.condition),
+        "mirror": cfg.mirror,
         "split": split,
         "n_samples": n,
         "n_held_out": len(held),
@@ -326,7 +329,9 @@ def evaluate_samples(
     f_held = extract(fnet, held.images)
     f_samples = extract(fnet, samples)
     ref_idx = rng.choice(len(train), size=min(n, len(train)), replace=False)
-    f_train = extract(fnet, np.asarray(train.images)[np.sort(ref_idx)])
+    reference = np.asarray(train.images)[np.sort(ref_idx)]
+    f_train = extract(fnet, reference)
+    f_mirrored = extract(fnet, np.ascontiguousarray(reference[:, :, ::-1]))
     f_recon = extract(fnet, held_recon)
     f_train_recon = extract(fnet, train_recon[np.sort(ref_idx)])
     summary.update(
@@ -336,6 +341,11 @@ def evaluate_samples(
         + "; 128 pooled features",
         frechet_distance=frechet_distance(f_held["features"], f_samples["features"]),
         frechet_distance_real_vs_real=frechet_distance(f_held["features"], f_train["features"]),
+        # the same training images mirrored left-right: how far a brain in the other
+        # left-right convention is from this data (what a prior trained on mirrored slices risks)
+        frechet_distance_real_vs_mirrored=frechet_distance(
+            f_held["features"], f_mirrored["features"]
+        ),
         frechet_distance_reconstructions=frechet_distance(f_held["features"], f_recon["features"]),
         frechet_real_reference=f"{split} ({len(held)}) vs {len(ref_idx)} random training images",
         # the prior alone: samples against reconstructions of real images (same decoder on both sides)
