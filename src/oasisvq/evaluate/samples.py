@@ -328,12 +328,12 @@ def evaluate_samples(
     )
     f_held = extract(fnet, held.images)
     f_samples = extract(fnet, samples)
-    ref_idx = rng.choice(len(train), size=min(n, len(train)), replace=False)
-    reference = np.asarray(train.images)[np.sort(ref_idx)]
+    ref_idx = np.sort(rng.choice(len(train), size=min(n, len(train)), replace=False))
+    reference = np.asarray(train.images)[ref_idx]
     f_train = extract(fnet, reference)
     f_mirrored = extract(fnet, np.ascontiguousarray(reference[:, :, ::-1]))
     f_recon = extract(fnet, held_recon)
-    f_train_recon = extract(fnet, train_recon[np.sort(ref_idx)])
+    f_train_recon = extract(fnet, train_recon[ref_idx])
     summary.update(
         feature_network="CNN trained on the training split to predict the rotation (0/90/180/270) of a slice"
         + (", its class" if fnet.cls is not None else "")

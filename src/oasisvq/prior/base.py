@@ -14,11 +14,13 @@ without that condition (the marginal over it).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oasisvq.data.errors import ConfigError
 from oasisvq.prior.registry import PriorConfig
 
 Cond = dict[str, Tensor]
@@ -99,13 +101,46 @@ class ConditionEmbedding(nn.Module):
         return out
 
 
-def guidance_batch(cond: Cond | None, n: int, guidance: float) -> Cond | None:
-    """The conditions of a classifier-free guided draw of ``n`` grids: ``cond`` followed by
-    ``n`` unknown ones (``2n`` rows), or None for ``guidance == 1`` (the prior as trained)."""
+def check_guidance(cfg: PriorConfig, guidance: float) -> None:
+    """Guidance needs a conditional prior that was also trained without its conditions."""
+    if guidance == 1.0:
+        return
+    if guidance < 0:
+        raise ConfigError(f"guidance {guidance}: expected at least 0 (1 = no guidance)")
+    if not cfg.condition:
+        raise ConfigError(
+            f"prior {cfg.name!r} is unconditional: guidance needs a conditional prior "
+            "(train one with --condition)"
+        )
+    if cfg.cond_dropout <= 0:
+        raise ConfigError(
+            f"prior {cfg.name!r} was trained with cond_dropout=0, so it never saw unknown "
+            "conditions: guidance needs cond_dropout > 0"
+        )
+
+
+@dataclass(frozen=True)
+class GuidedBatch:
+    """The rows of one draw of ``n`` grids: ``copies`` = 1 (the prior as trained), or 2 for
+    classifier-free guidance (each grid with its condition, then with it unknown)."""
+
+    cond: Cond | None  # conditions of all copies * n rows
+    copies: int
+    guidance: float
+
+    def logits(self, logits: Tensor) -> Tensor:
+        """``(copies * n, K)`` -> the ``(n, K)`` logits to sample from."""
+        return logits if self.copies == 1 else guide(logits, self.guidance)
+
+
+def guided_batch(cfg: PriorConfig, cond: Cond | None, n: int, guidance: float) -> GuidedBatch:
+    """Check ``guidance`` against the prior and lay out the batch of a draw of ``n`` grids."""
+    check_guidance(cfg, guidance)
     if guidance == 1.0 or cond is None:
-        return None
+        return GuidedBatch(cond, 1, guidance)
     unknown = make_cond(n, device=next(iter(cond.values())).device)
-    return {k: torch.cat([v, unknown[k].to(v.dtype)]) for k, v in cond.items()}
+    both = {k: torch.cat([v, unknown[k].to(v.dtype)]) for k, v in cond.items()}
+    return GuidedBatch(both, 2, guidance)
 
 
 def guide(logits: Tensor, guidance: float) -> Tensor:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guidance_batch, guide, pick
+from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guided_batch, pick
 from oasisvq.prior.registry import PriorConfig
 
 
@@ -156,16 +156,13 @@ class PixelCNN(Prior):
         holds each grid twice (conditional, unknown)."""
         hh, ww = self.cfg.grid
         device = self.out.weight.device
-        guided = guidance_batch(cond, n, guidance)
-        copies = 1 if guided is None else 2  # each grid: conditional, unknown
-        codes = torch.zeros(copies * n, hh, ww, dtype=torch.long, device=device)
+        batch = guided_batch(self.cfg, cond, n, guidance)
+        codes = torch.zeros(batch.copies * n, hh, ww, dtype=torch.long, device=device)
         for r in range(hh):
             top = max(0, r - self.reach_rows) if window else 0
             bottom = r + 1 if window else hh
             for col in range(ww):
-                logits = self.forward_codes(codes[:, top:bottom], guided or cond)
-                logits = logits[:, :, r - top, col]  # (copies * n, K)
-                if guided is not None:
-                    logits = guide(logits, guidance)  # (n, K)
-                codes[:, r, col] = pick(logits, temperature, top_k, generator).repeat(copies)
+                logits = self.forward_codes(codes[:, top:bottom], batch.cond)
+                logits = batch.logits(logits[:, :, r - top, col])  # (rows, K) -> (n, K)
+                codes[:, r, col] = pick(logits, temperature, top_k, generator).repeat(batch.copies)
         return codes[:n]

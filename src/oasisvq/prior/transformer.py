@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guidance_batch, guide, pick
+from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guided_batch, pick
 from oasisvq.prior.registry import PriorConfig
 
 
@@ -204,16 +204,14 @@ class TransformerPrior(Prior):
     ) -> Tensor:
         """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache. With
         ``guidance`` other than 1 the batch holds each grid twice (conditional, unknown)."""
-        guided = guidance_batch(cond, n, guidance)
-        copies = 1 if guided is None else 2  # each grid: conditional, unknown
-        pos, cache = self.positions(), self.new_cache(copies * n)
-        x = self.cond(cond if guided is None else guided, copies * n) + pos[0]
+        batch = guided_batch(self.cfg, cond, n, guidance)
+        rows = batch.copies * n
+        pos, cache = self.positions(), self.new_cache(rows)
+        x = self.cond(batch.cond, rows) + pos[0]
         out = torch.empty(n, self.cfg.cells, dtype=torch.long, device=pos.device)
         for t in range(self.cfg.cells):
-            logits = self.step(x, t, cache)  # (copies * n, K)
-            if guided is not None:
-                logits = guide(logits, guidance)  # (n, K)
+            logits = batch.logits(self.step(x, t, cache))  # (rows, K) -> (n, K)
             out[:, t] = pick(logits, temperature, top_k, generator)
             if t + 1 < self.cfg.cells:
-                x = self.tok(out[:, t].repeat(copies)) + pos[t + 1]
+                x = self.tok(out[:, t].repeat(batch.copies)) + pos[t + 1]
         return out.view(n, *self.cfg.grid)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from oasisvq.data.errors import ConfigError
-from oasisvq.prior.base import Cond, Prior, make_cond
+from oasisvq.prior.base import Cond, Prior, check_guidance, make_cond
 from oasisvq.prior.registry import PriorConfig
 
 if TYPE_CHECKING:
@@ -71,24 +71,6 @@ def resolve_condition(
     return out
 
 
-def check_guidance(cfg: PriorConfig, guidance: float) -> None:
-    """Guidance needs a conditional prior that was also trained without its conditions."""
-    if guidance == 1.0:
-        return
-    if guidance < 0:
-        raise ConfigError(f"guidance {guidance}: expected at least 0 (1 = no guidance)")
-    if not cfg.condition:
-        raise ConfigError(
-            f"prior {cfg.name!r} is unconditional: guidance needs a conditional prior "
-            "(train one with --condition)"
-        )
-    if cfg.cond_dropout <= 0:
-        raise ConfigError(
-            f"prior {cfg.name!r} was trained with cond_dropout=0, so it never saw unknown "
-            "conditions: guidance needs cond_dropout > 0"
-        )
-
-
 def _autocast(precision: str, device: torch.device):
     """Decoding precision: "fp32", "bf16", or "auto" (bf16 where the device has native
     bfloat16, e.g. CPUs with AVX512-BF16/AMX and recent GPUs; fp32 elsewhere)."""
@@ -120,7 +102,7 @@ def sample_codes(
     cond: per-example conditions of length ``n`` (see :mod:`oasisvq.prior.base`).
     guidance: classifier-free guidance scale of a conditional prior (1 = none; see
     :func:`oasisvq.prior.base.guide`); each guided grid costs two."""
-    check_guidance(prior.cfg, guidance)
+    check_guidance(prior.cfg, guidance)  # also when n = 0
     device = next(prior.parameters()).device
     bs = batch_size or default_batch_size(prior.cfg)
     gen = torch.Generator(device).manual_seed(secrets.randbits(62) if seed is None else int(seed))
