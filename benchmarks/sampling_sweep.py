@@ -46,7 +46,11 @@ from machine import machine_info  # noqa: E402
 import oasisvq  # noqa: E402
 from oasisvq.data.loader import get_split, load_splits  # noqa: E402
 from oasisvq.evaluate.features import extract, feature_net, frechet_distance  # noqa: E402
-from oasisvq.evaluate.samples import mean_pairwise_similarity, nearest_neighbours  # noqa: E402
+from oasisvq.evaluate.samples import (  # noqa: E402
+    mean_pairwise_similarity,
+    nearest_neighbours,
+    real_reference,
+)
 from oasisvq.prior.data import cached_codes  # noqa: E402
 from oasisvq.prior.run import data_options, load_prior, resolve_prior_name, vqvae_config  # noqa: E402
 from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
@@ -68,12 +72,11 @@ def sweep(args: argparse.Namespace) -> dict:
         train_codes = cached_codes(run, "train", train, model.vqvae, torch.device("cpu"))
         cond = train_codes.cond(rng.integers(0, len(train_codes), args.n))
     fnet = feature_net(run, root, vq["data"], train, splits.get("validate"))
-    f_held = extract(fnet, held.images)["features"]
-    ref_idx = np.sort(rng.choice(len(train), size=min(args.n, len(train)), replace=False))
-    fd_real = frechet_distance(f_held, extract(fnet, np.asarray(train.images)[ref_idx])["features"])
-    _, real_nn = nearest_neighbours(held.images, train.images)
-    threshold = float(np.percentile(real_nn, 99))
-    div_real = mean_pairwise_similarity(held.images, args.pairs, args.seed)[0]
+    real = real_reference(
+        fnet, held.images, train.images, args.n, rng, n_pairs=args.pairs, seed=args.seed
+    )
+    f_held, fd_real, threshold = real.held["features"], real.frechet_real_vs_real, real.nn_ssim_p99
+    div_real = real.diversity
 
     def measure(temperature: float, top_k: int, guidance: float, seed: int) -> dict:
         """One draw of ``args.n`` samples at one setting, measured."""

@@ -43,8 +43,8 @@ def prior_rows() -> list[str]:
         return []
     rows = [
         "",
-        "| VQ-VAE run | prior | NLL bits/image (uniform) | NN-SSIM | memorised | diversity samples / real | FD samples / real-vs-real |",
-        "|---|---|---|---|---|---|---|",
+        "| VQ-VAE run | prior | NLL bits/image (uniform) | NN-SSIM | memorised | diversity samples / real | FD samples / real-vs-real | FD of a perfect prior |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         r = json.loads(path.read_text())
@@ -67,9 +67,14 @@ def prior_rows() -> list[str]:
             f"| `{r.get('preset', r.get('run', '?'))}` | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}){wrong} | "
             f"{r['nn_ssim_mean']:.3f} | {100 * r['memorised_share']:.1f}% | "
             f"{r['diversity_ms_ssim_samples']:.3f} / {r['diversity_ms_ssim_real']:.3f} | "
-            f"{r['frechet_distance']:.2f} / {r['frechet_distance_real_vs_real']:.2f} |"
+            f"{r['frechet_distance']:.2f} / {r['frechet_distance_real_vs_real']:.2f} | "
+            f"{_fixed(r.get('frechet_distance_real_vs_train_reconstructions'))} |"
         )
     return rows
+
+
+def _fixed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _pm(std: float | None) -> str:
@@ -100,6 +105,30 @@ def sweep_rows() -> list[str]:
                 f"({row['diversity_gap']:+.3f}) | {row['nn_ssim_mean']:.3f} | "
                 f"{100 * row['memorised_share']:.1f}% |"
             )
+    return rows
+
+
+def blur_rows() -> list[str]:
+    """The Frechet distance of blurred real slices (benchmarks/fd_blur.py): its scale."""
+    rows: list[str] = []
+    for path in sorted(RESULTS.glob("fd_blur-*.json")):
+        r = json.loads(path.read_text())
+        scale = r["frechet_distance_real_vs_real"]
+        rows += [
+            "",
+            f"Blur alone (`benchmarks/fd_blur.py`, the `{r['preset']}` run's feature network, "
+            f"{r['split']} against {r['n_reference']} training slices blurred by a Gaussian of "
+            "sigma pixels):",
+            "",
+            "| sigma (px) | " + " | ".join(f"{row['sigma']:g}" for row in r["rows"]) + " |",
+            "|---|" + "---|" * len(r["rows"]),
+            "| FD (x real-vs-real) | "
+            + " | ".join(
+                f"{row['frechet_distance']:.3f} ({row['frechet_distance'] / scale:.1f}x)"
+                for row in r["rows"]
+            )
+            + " |",
+        ]
     return rows
 
 
@@ -308,6 +337,7 @@ def main() -> int:
         quality_rows()
         + prior_rows()
         + sweep_rows()
+        + blur_rows()
         + rate_distortion_rows()
         + monai_rows()
         + throughput_rows()

@@ -339,6 +339,7 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
     assert r["frechet_distance_real_vs_mirrored"] >= 0 and r["mirror"] is True  # the default
+    assert r["frechet_distance_real_vs_train_reconstructions"] >= 0
     figs = Path(r["figures"])
     assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()
     # the feature network is trained once and then reused

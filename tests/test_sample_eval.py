@@ -18,7 +18,7 @@ from oasisvq.evaluate.features import (
     frechet_distance,
     rotate_batch,
 )
-from oasisvq.evaluate.samples import mean_pairwise_similarity, nearest_neighbours
+from oasisvq.evaluate.samples import mean_pairwise_similarity, nearest_neighbours, real_reference
 
 
 def _scipy_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,6 +122,44 @@ def test_feature_network_learns_rotation_and_class_and_is_cached(tmp_path: Path)
     )  # loaded, not retrained
     for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_feature_network_does_not_depend_on_what_ran_before(tmp_path: Path) -> None:
+    """Its initial weights are seeded: evaluate-samples (which samples first) and the
+    sampling sweep (which does not) train the same network on a fresh run."""
+    train, val = _asymmetric_slices(32, 0), _asymmetric_slices(16, 1)
+    nets = []
+    for i in range(2):
+        torch.manual_seed(100 + i)  # a different global random state each time
+        torch.rand(7)
+        nets.append(
+            feature_net(tmp_path / str(i), "s", {"size": 64}, train, val, 1, "cpu", batch_size=16)
+        )
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_real_reference_scales() -> None:
+    torch.manual_seed(0)
+    fnet = FeatureNet(0, False).eval()
+    train = _images(40, 128, seed=3)
+    noise = np.random.default_rng(4).integers(-3, 4, (10, 128, 128))
+    held = np.clip(train[:10].astype(int) + noise, 0, 255).astype(np.uint8)  # near-copies
+    ref = real_reference(fnet, held, train, n=25, rng=np.random.default_rng(0), n_pairs=30)
+    assert len(ref.ref_idx) == 25 and len(set(ref.ref_idx)) == 25
+    assert np.all(np.diff(ref.ref_idx) > 0)  # sorted, as the reconstructions index them
+    assert ref.train["features"].shape == (25, 128) and ref.held["features"].shape == (10, 128)
+    np.testing.assert_allclose(
+        ref.train["features"], extract(fnet, train[ref.ref_idx])["features"], rtol=1e-6
+    )
+    assert ref.nn_ssim.shape == (10,) and ref.nn_ssim.min() > 0.9  # each finds its original
+    assert ref.nn_ssim_p99 == pytest.approx(np.percentile(ref.nn_ssim, 99))
+    assert ref.diversity == pytest.approx(mean_pairwise_similarity(held, 30, 0)[0])
+    same = real_reference(fnet, train, train, n=40, rng=np.random.default_rng(1), n_pairs=30)
+    assert same.frechet_real_vs_real == pytest.approx(0.0, abs=1e-6)  # the whole set: itself
+    assert ref.frechet_real_vs_real > 10 * abs(same.frechet_real_vs_real)
+    again = real_reference(fnet, held, train, n=25, rng=np.random.default_rng(0), n_pairs=30)
+    assert np.array_equal(again.ref_idx, ref.ref_idx)  # the same seed, the same reference
 
 
 def test_feature_network_lock_makes_a_second_process_wait(tmp_path: Path) -> None:

@@ -206,7 +206,9 @@ def feature_net(
     with exclusive(out.with_name(out.name + ".lock")):
         n_classes = len(train.class_names) if (train.classes >= 0).any() else 0
         with_position = bool(np.isfinite(train.positions).any())
-        model = FeatureNet(n_classes, with_position)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # initial weights that do not depend on what ran before
+            model = FeatureNet(n_classes, with_position)
         ckpt = checkpoint.latest(out)
         if ckpt is not None:
             if checkpoint.read_config(out).get("train", {}).get("epochs") != epochs:

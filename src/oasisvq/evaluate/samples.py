@@ -23,6 +23,9 @@ split (``test``, else ``validate``):
   VQ-VAE alone costs). Decoded images are blurrier than real ones, which the features
   see, so the prior's own share is given apart: samples against reconstructions of
   the held-out images, beside held-out against training reconstructions (its scale).
+  The held-out images against those training reconstructions are what a perfect prior
+  (one that draws reconstructions of unseen brains) would score: the floor the VQ-VAE
+  sets for ``frechet_distance``.
   The held-out images against the same training subset mirrored left-right show how
   far brains in the other left-right convention are from the data;
 * for conditional priors: NLL with the true, a wrong and an unknown condition, and
@@ -41,6 +44,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +132,50 @@ def mean_pairwise_similarity(
         b = _as_float(np.asarray(images)[j[s : s + batch_size]])[:, None]
         vals.append(fn(a, b).double())
     return float(torch.cat(vals).mean()), name
+
+
+@dataclass
+class RealReference:
+    """What real held-out images score against the training split: the scale of every
+    sample measure, computed once per evaluation (or sweep)."""
+
+    held: dict[str, np.ndarray]  # feature-network outputs for the held-out images
+    ref_idx: np.ndarray  # (n_ref,) sorted training indices: the Frechet reference subset
+    train: dict[str, np.ndarray]  # feature-network outputs for those training images
+    frechet_real_vs_real: float  # held-out vs the reference subset
+    nn_ssim: np.ndarray  # (n_held,) each held-out image's SSIM to its nearest training image
+    nn_ssim_p99: float  # a sample closer to the training split than this is memorised
+    diversity: float  # mean pairwise MS-SSIM among held-out images
+
+
+def real_reference(
+    fnet: torch.nn.Module,
+    held_images: np.ndarray,
+    train_images: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    candidates: int = 16,
+    n_pairs: int = 2000,
+    seed: int = 0,
+) -> RealReference:
+    """Measure held-out ``(n_held, S, S)`` uint8 images against training ones: Frechet
+    distance to ``min(n, N)`` random training images (drawn from ``rng``), nearest-neighbour
+    SSIM and its 99th percentile, and diversity (pairs drawn from ``seed``)."""
+    from oasisvq.evaluate.features import extract, frechet_distance
+
+    held = extract(fnet, held_images)
+    ref_idx = np.sort(rng.choice(len(train_images), size=min(n, len(train_images)), replace=False))
+    train = extract(fnet, np.asarray(train_images)[ref_idx])
+    _, nn_ssim = nearest_neighbours(held_images, train_images, candidates)
+    return RealReference(
+        held=held,
+        ref_idx=ref_idx,
+        train=train,
+        frechet_real_vs_real=frechet_distance(held["features"], train["features"]),
+        nn_ssim=nn_ssim,
+        nn_ssim_p99=float(np.percentile(nn_ssim, 99)),
+        diversity=mean_pairwise_similarity(held_images, n_pairs, seed)[0],
+    )
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -269,6 +317,11 @@ def evaluate_samples(
     if cfg.condition:
         cond_idx = rng.integers(0, len(train_codes), n)
         cond = train_codes.cond(cond_idx)
+    # the feature network and what real held-out images score: every measure's scale
+    fnet = feature_net(
+        run_dir, root, vq["data"], train, splits.get("validate"), feature_epochs, device
+    )
+    real = real_reference(fnet, held.images, train.images, n, rng, candidates, n_pairs, seed)
     t0 = time.perf_counter()
     codes = sample_codes(p, n, cond, temperature, top_k, seed, batch_size, guidance)
     t1 = time.perf_counter()
@@ -278,14 +331,12 @@ def evaluate_samples(
 
     # ---- memorisation and fidelity
     nn_idx, nn_ssim = nearest_neighbours(samples, train.images, candidates)
-    _, real_ssim = nearest_neighbours(held.images, train.images, candidates)
-    threshold = float(np.percentile(real_ssim, 99))
     summary.update(
         nn_ssim_mean=float(nn_ssim.mean()),
         nn_ssim_median=float(np.median(nn_ssim)),
-        nn_ssim_real_mean=float(real_ssim.mean()),
-        nn_ssim_real_p99=threshold,
-        memorised_share=float((nn_ssim > threshold).mean()),
+        nn_ssim_real_mean=float(real.nn_ssim.mean()),
+        nn_ssim_real_p99=real.nn_ssim_p99,
+        memorised_share=float((nn_ssim > real.nn_ssim_p99).mean()),
     )
     key = json.dumps({"vqvae": vqvae_fingerprint(run_dir), "n": len(train)})
     train_recon = _cached_recon(run_dir, "train", train_codes.codes, model, key)
@@ -318,19 +369,14 @@ def evaluate_samples(
     summary.update(
         diversity_metric=metric,
         diversity_ms_ssim_samples=div_s,
-        diversity_ms_ssim_real=mean_pairwise_similarity(held.images, n_pairs, seed)[0],
+        diversity_ms_ssim_real=real.diversity,
         diversity_ms_ssim_real_recon=mean_pairwise_similarity(held_recon, n_pairs, seed)[0],
     )
 
     # ---- Frechet distance in the features of a network trained on the data
-    fnet = feature_net(
-        run_dir, root, vq["data"], train, splits.get("validate"), feature_epochs, device
-    )
-    f_held = extract(fnet, held.images)
+    f_held, ref_idx = real.held, real.ref_idx
     f_samples = extract(fnet, samples)
-    ref_idx = np.sort(rng.choice(len(train), size=min(n, len(train)), replace=False))
     reference = np.asarray(train.images)[ref_idx]
-    f_train = extract(fnet, reference)
     f_mirrored = extract(fnet, np.ascontiguousarray(reference[:, :, ::-1]))
     f_recon = extract(fnet, held_recon)
     f_train_recon = extract(fnet, train_recon[ref_idx])
@@ -340,7 +386,7 @@ def evaluate_samples(
         + (", its slice position" if fnet.position is not None else "")
         + "; 128 pooled features",
         frechet_distance=frechet_distance(f_held["features"], f_samples["features"]),
-        frechet_distance_real_vs_real=frechet_distance(f_held["features"], f_train["features"]),
+        frechet_distance_real_vs_real=real.frechet_real_vs_real,
         # the same training images mirrored left-right: how far a brain in the other
         # left-right convention is from this data (what a prior trained on mirrored slices risks)
         frechet_distance_real_vs_mirrored=frechet_distance(
@@ -354,6 +400,10 @@ def evaluate_samples(
         ),
         frechet_distance_reconstructions_real_vs_real=frechet_distance(
             f_recon["features"], f_train_recon["features"]
+        ),
+        # a perfect prior draws reconstructions of unseen brains: the floor of frechet_distance
+        frechet_distance_real_vs_train_reconstructions=frechet_distance(
+            f_held["features"], f_train_recon["features"]
         ),
     )
 
