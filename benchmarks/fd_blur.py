@@ -27,7 +27,7 @@ from machine import machine_info  # noqa: E402
 
 from oasisvq.data.loader import get_split, load_splits  # noqa: E402
 from oasisvq.evaluate.features import extract, feature_net, frechet_distance  # noqa: E402
-from oasisvq.evaluate.samples import real_reference  # noqa: E402
+from oasisvq.evaluate.samples import frechet_reference  # noqa: E402
 from oasisvq.prior.run import data_options, vqvae_config  # noqa: E402
 
 
@@ -38,12 +38,13 @@ def blur_distances(args: argparse.Namespace) -> dict:
     splits = load_splits(root, data_options(vq))
     held, train = get_split(splits, args.split, root), get_split(splits, "train", root)
     fnet = feature_net(run, root, vq["data"], train, splits.get("validate"))
-    real = real_reference(fnet, held.images, train.images, args.n, np.random.default_rng(args.seed))
-    reference = np.asarray(train.images)[real.ref_idx].astype(np.float32) / 255.0  # (n, S, S)
+    rng = np.random.default_rng(args.seed)
+    f_held, ref_idx, f_ref = frechet_reference(fnet, held.images, train.images, args.n, rng)
+    reference = np.asarray(train.images)[ref_idx].astype(np.float32) / 255.0  # (n, S, S)
     rows = []
     for sigma in args.sigmas:
         blurred = gaussian_filter(reference, sigma=(0, sigma, sigma)) if sigma > 0 else reference
-        fd = frechet_distance(real.held["features"], extract(fnet, blurred)["features"])
+        fd = frechet_distance(f_held["features"], extract(fnet, blurred)["features"])
         rows.append({"sigma": sigma, "frechet_distance": fd})
         print(json.dumps(rows[-1]), flush=True)
     return {
@@ -52,9 +53,9 @@ def blur_distances(args: argparse.Namespace) -> dict:
         "preset": vq["model"]["name"],
         "split": args.split,
         "n_held_out": len(held),
-        "n_reference": len(real.ref_idx),
+        "n_reference": len(ref_idx),
         "seed": args.seed,
-        "frechet_distance_real_vs_real": real.frechet_real_vs_real,
+        "frechet_distance_real_vs_real": frechet_distance(f_held["features"], f_ref["features"]),
         "rows": rows,
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": machine_info(),

@@ -148,6 +148,22 @@ class RealReference:
     diversity: float  # mean pairwise MS-SSIM among held-out images
 
 
+def frechet_reference(
+    fnet: torch.nn.Module,
+    held_images: np.ndarray,
+    train_images: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Feature-network outputs of the held-out images, ``min(n, N)`` sorted random training
+    indices (drawn from ``rng``) and the outputs of those training images."""
+    from oasisvq.evaluate.features import extract
+
+    held = extract(fnet, held_images)
+    ref_idx = np.sort(rng.choice(len(train_images), size=min(n, len(train_images)), replace=False))
+    return held, ref_idx, extract(fnet, np.asarray(train_images)[ref_idx])
+
+
 def real_reference(
     fnet: torch.nn.Module,
     held_images: np.ndarray,
@@ -161,11 +177,9 @@ def real_reference(
     """Measure held-out ``(n_held, S, S)`` uint8 images against training ones: Frechet
     distance to ``min(n, N)`` random training images (drawn from ``rng``), nearest-neighbour
     SSIM and its 99th percentile, and diversity (pairs drawn from ``seed``)."""
-    from oasisvq.evaluate.features import extract, frechet_distance
+    from oasisvq.evaluate.features import frechet_distance
 
-    held = extract(fnet, held_images)
-    ref_idx = np.sort(rng.choice(len(train_images), size=min(n, len(train_images)), replace=False))
-    train = extract(fnet, np.asarray(train_images)[ref_idx])
+    held, ref_idx, train = frechet_reference(fnet, held_images, train_images, n, rng)
     _, nn_ssim = nearest_neighbours(held_images, train_images, candidates)
     return RealReference(
         held=held,
