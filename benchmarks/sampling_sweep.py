@@ -114,6 +114,8 @@ def sweep(args: argparse.Namespace) -> dict:
         "benchmark": "sampling_sweep",
         "run": str(run),
         "preset": model.config.name,
+        "decoder_finetune": vq.get("finetune"),  # set when the decoder was trained further
+        "adversarial_weight": model.config.adversarial_weight,
         "prior": name,
         "split": args.split,
         "n_samples": args.n,

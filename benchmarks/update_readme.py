@@ -64,13 +64,21 @@ def prior_rows() -> list[str]:
                 f"unknown {r['nll_bits_per_image_unknown_condition']:.1f}"
             )
         rows.append(
-            f"| `{r.get('preset', r.get('run', '?'))}` | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}){wrong} | "
+            f"| {_run_label(r)} | {prior} | {r['nll_bits_per_image']:.1f} ({r['uniform_bits_per_image']:.0f}){wrong} | "
             f"{r['nn_ssim_mean']:.3f} | {100 * r['memorised_share']:.1f}% | "
             f"{r['diversity_ms_ssim_samples']:.3f} / {r['diversity_ms_ssim_real']:.3f} | "
             f"{r['frechet_distance']:.2f} / {r['frechet_distance_real_vs_real']:.2f} | "
             f"{_fixed(r.get('frechet_distance_real_vs_train_reconstructions'))} |"
         )
     return rows
+
+
+def _run_label(r: dict) -> str:
+    """The VQ-VAE run of a prior result: its preset, and a decoder trained further."""
+    label = f"`{r.get('preset', r.get('run', '?'))}`"
+    if r.get("decoder_finetune"):
+        label += f", decoder fine-tuned (adversarial weight {r['adversarial_weight']:g})"
+    return label
 
 
 def _fixed(value: float | None) -> str:
@@ -87,7 +95,7 @@ def sweep_rows() -> list[str]:
         r = json.loads(path.read_text())
         rows += [
             "",
-            f"Sampling settings (`benchmarks/sampling_sweep.py`, `{r['preset']}` / `{r['prior']}`, "
+            f"Sampling settings (`benchmarks/sampling_sweep.py`, {_run_label(r)} / `{r['prior']}`, "
             f"{r['split']}, {r['n_samples']} samples per draw, mean ± std over "
             f"{len(r.get('seeds', [0]))} draw(s) per row; real-vs-real FD "
             f"{r['frechet_distance_real_vs_real']:.3f}, real diversity {r['diversity_ms_ssim_real']:.3f}):",

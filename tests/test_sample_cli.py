@@ -85,7 +85,8 @@ def _make_vqvae_run(run: Path, data_root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
-    """A VQ-VAE run over a two-class image tree, with a small transformer prior (2 epochs)."""
+    """A VQ-VAE run over a two-class image tree, with a small transformer prior (2 epochs)
+    that also trains on the mirrored slices."""
     base = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OASISVQ_CACHE", str(base / "cache"))
@@ -99,6 +100,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
                 "transformer",
                 "--epochs",
                 "2",
+                "--option",
+                "mirror=true",
                 *SMALL,
                 *FAST,
             )
@@ -129,7 +132,7 @@ def test_train_prior_writes_a_run(tiny: Path) -> None:
 
 
 def test_transformer_also_trains_on_mirrored_slices(tiny: Path) -> None:
-    """The default transformer adds the codes of the left-right mirrored training images
+    """A transformer with ``mirror=true`` adds the codes of the left-right mirrored training images
     (cached beside the others) to its training set; sagittal slices are not mirrored."""
     from oasisvq.prior.data import CodeSet
     from oasisvq.prior.run import add_mirrored
@@ -259,6 +262,7 @@ def test_conditional_prior_cli(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     saved = checkpoint.read_config(tiny / "run" / "priors" / "by-class")
     assert saved["prior"]["condition"] == ["class"] and saved["prior"]["class_names"] == ["A", "B"]
+    assert saved["prior"]["mirror"] is False  # by default the slices are taken as they are
     out = tiny / "class-b"
 
     def sample(*args: str) -> int:
@@ -338,8 +342,11 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
     assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
-    assert r["frechet_distance_real_vs_mirrored"] >= 0 and r["mirror"] is True  # the default
+    assert (
+        r["frechet_distance_real_vs_mirrored"] >= 0 and r["mirror"] is False
+    )  # by-class: the default
     assert r["frechet_distance_real_vs_train_reconstructions"] >= 0
+    assert r["decoder_finetune"] is None and r["adversarial_weight"] == 0  # the decoder as trained
     figs = Path(r["figures"])
     assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()
     # the feature network is trained once and then reused

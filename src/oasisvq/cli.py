@@ -185,6 +185,57 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_finetune_decoder(args: argparse.Namespace) -> int:
+    from oasisvq.train.vqvae_run import finetune_decoder
+
+    priors = None if args.priors == "all" else [n for n in args.priors.split(",") if n != "none"]
+    history = finetune_decoder(
+        args.run,
+        args.out,
+        epochs=args.epochs,
+        adversarial_weight=args.adversarial_weight,
+        adversarial_start=args.adversarial_start,
+        priors=priors,
+        resume=args.resume,
+        force=args.force,
+        **engine_options(args),
+    )
+    return print_last_epoch(history)
+
+
+def _finetune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune-decoder",
+        help="train a run's decoder further on fixed codes (adversarial term), in a new run",
+        description="Copy a VQ-VAE run's encoder and codebook (fixed), cached codes, feature "
+        "network and priors to --out and train its decoder further, with the run's "
+        "reconstruction loss plus a patch discriminator's: every image keeps its codes, so "
+        "the priors stay valid and only how codes are drawn as images changes.",
+    )
+    p.add_argument("run", help="VQ-VAE run directory written by `oasisvq train`")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--epochs", type=int, default=None, help="default 10")
+    p.add_argument(
+        "--adversarial-weight",
+        type=float,
+        default=0.01,
+        help="weight of the discriminator's term beside the reconstruction loss (0: none; "
+        "default 0.01)",
+    )
+    p.add_argument(
+        "--adversarial-start",
+        type=int,
+        default=260,
+        help="optimizer steps the discriminator trains alone before its term joins the "
+        "decoder's loss (default 260)",
+    )
+    p.add_argument(
+        "--priors", default="all", help="prior runs to copy: all, none or NAME,NAME (default all)"
+    )
+    add_training_options(p, "the run in --out")
+    p.set_defaults(func=_cmd_finetune_decoder)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oasisvq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
 
     _train_parser(sub)
+    _finetune_parser(sub)
     _demo_parser(sub)
     for register in _extra_commands():
         register(sub)

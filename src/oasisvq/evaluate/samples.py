@@ -288,6 +288,8 @@ def evaluate_samples(
     summary: dict = {
         "run": str(run_dir),
         "preset": model.config.name,
+        "decoder_finetune": vq.get("finetune"),  # set when the decoder was trained further
+        "adversarial_weight": model.config.adversarial_weight,
         "prior": name,
         "prior_arch": cfg.arch,
         "condition": list(cfg.condition),

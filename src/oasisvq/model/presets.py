@@ -35,6 +35,14 @@ class VQVAEConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     adam_beta2: float = 0.999  # AdamW's second-moment decay
+    # adversarial term (0 = none): weight of a patch discriminator's generator loss beside
+    # the reconstruction loss (model/discriminator.py); the discriminator is then part of
+    # the model and of its checkpoints
+    adversarial_weight: float = 0.0
+    adversarial_start: int = (
+        0  # optimizer steps the discriminator trains alone before the term joins
+    )
+    discriminator_width: int = 16  # channels of its first level (x2 per level)
 
     @property
     def grid(self) -> int:

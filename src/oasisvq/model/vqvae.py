@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from oasisvq.model.discriminator import PatchDiscriminator
 from oasisvq.model.networks import ResDecoder, ResEncoder, SeedDecoder, SeedEncoder
 from oasisvq.model.presets import VQVAEConfig
 from oasisvq.model.quantizer import VectorQuantizer
@@ -40,6 +41,24 @@ class VQVAE(nn.Module):
         else:
             raise ValueError(f"unknown arch {cfg.arch!r}")
         self.quantizer = VectorQuantizer(cfg.quantizer)
+        if cfg.adversarial_weight > 0:
+            self.discriminator = PatchDiscriminator(cfg.discriminator_width)
+        self.codes_frozen = False
+
+    def freeze_codes(self) -> None:
+        """Fix the encoder and the codebook (no gradients, no EMA updates, no restarts), so
+        that training changes the decoder alone and every image keeps its codes."""
+        for p in [*self.encoder.parameters(), *self.quantizer.parameters()]:
+            p.requires_grad_(False)
+        self.codes_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VQVAE:
+        super().train(mode)
+        if self.codes_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def encode_latent(self, x: Tensor) -> Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> continuous latent ``(B, D, h, w)``."""

@@ -119,12 +119,23 @@ def encode_images(
 
 
 def vqvae_fingerprint(run_dir: Path) -> str:
-    """Names the VQ-VAE checkpoint a prior's codes came from: ``tag:bytes:mtime``."""
+    """Names a run's latest VQ-VAE checkpoint, ``tag:bytes:mtime`` (what its decoder's
+    cached reconstructions depend on; codes depend on :func:`codes_fingerprint`)."""
     ckpt = checkpoint.latest(Path(run_dir))
     if ckpt is None:
         return "none"
     st = (ckpt / "model.safetensors").stat()
     return f"{ckpt.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def codes_fingerprint(run_dir: Path) -> str:
+    """Names the encoder and codebook that a run's codes come from: for a run whose decoder
+    alone was trained further (``oasisvq finetune-decoder``) those of the run it started
+    from, whose codes and priors it shares; else its own checkpoint."""
+    if checkpoint.latest(Path(run_dir)) is None:
+        return "none"
+    shared = checkpoint.read_config(Path(run_dir)).get("finetune", {}).get("codes")
+    return shared or vqvae_fingerprint(run_dir)
 
 
 def _images_hash(images: np.ndarray) -> str:
@@ -144,7 +155,7 @@ def cached_codes(
     path = Path(run_dir) / "priors" / f"codes_{split}.npz"
     key = json.dumps(
         {
-            "vqvae": vqvae_fingerprint(run_dir),
+            "vqvae": codes_fingerprint(run_dir),
             "images": _images_hash(slices.images),
             "n": len(slices),
         }

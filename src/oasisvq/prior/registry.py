@@ -103,13 +103,12 @@ PRIORS: dict[str, PriorConfig] = {
             arch="transformer",
             description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
             "embeddings, conditions as the start token, multi-query attention with a KV cache for "
-            "sampling; works on 8x8 and 32x32 grids; also trains on left-right mirrored slices.",
+            "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
             d_model=128,
             n_layers=4,
             n_heads=4,
             n_kv_heads=1,
             dropout=0.1,
-            mirror=True,
             epochs=60,
             batch_size=64,
             lr=1e-3,

@@ -21,7 +21,7 @@ from oasisvq.data.loader import DataOptions, get_split, load_splits
 from oasisvq.data.slices import SliceSet
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.base import Prior
-from oasisvq.prior.data import CodeSet, cached_codes, vqvae_fingerprint
+from oasisvq.prior.data import CodeSet, cached_codes, codes_fingerprint
 from oasisvq.prior.registry import PriorConfig, build_prior, get_prior_config
 from oasisvq.prior.task import PriorTask
 from oasisvq.train import checkpoint
@@ -109,7 +109,7 @@ def train_prior(
         if epochs is not None:
             train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
         data_root = saved.get("data_root") if data_root is None else data_root
-        if saved.get("vqvae", {}).get("checkpoint") != vqvae_fingerprint(run_dir):
+        if saved.get("vqvae", {}).get("checkpoint") != codes_fingerprint(run_dir):
             print(
                 f"warning: the VQ-VAE of {run_dir} changed since this prior started",
                 file=sys.stderr,
@@ -144,7 +144,7 @@ def train_prior(
         "kind": "prior",
         "prior": cfg.to_dict(),
         "train": train_cfg.to_dict(),
-        "vqvae": {"run": str(run_dir.resolve()), "checkpoint": vqvae_fingerprint(run_dir)},
+        "vqvae": {"run": str(run_dir.resolve()), "checkpoint": codes_fingerprint(run_dir)},
         "data": dataclasses.asdict(opts),
         "data_root": None if data_root is None else str(Path(data_root).resolve()),
     }
@@ -166,9 +166,10 @@ def add_mirrored(
     """``codes`` followed by the codes of the left-right mirrored training images (cached
     as split "train-mirrored").
 
-    A mirrored axial or coronal slice is another plausible brain, so this doubles the
-    prior's training data. A mirrored sagittal slice faces the other way: for sagittal
-    slices ``codes`` come back alone, and a line says so."""
+    A mirrored axial or coronal slice is a plausible brain in the other left-right
+    convention, so this doubles the prior's training data (``mirror=true``; off by default,
+    as samples then also come in both conventions). A mirrored sagittal slice faces the
+    other way: for sagittal slices ``codes`` come back alone, and a line says so."""
     if axis == "sagittal":
         print("mirror: sagittal slices are not mirrored; the prior trains on them as they are")
         return codes
@@ -234,7 +235,7 @@ def load_prior(
         raise ConfigError(f"{out}: not a prior run (kind={saved.get('kind')!r})")
     model = build_prior(PriorConfig.from_dict(saved["prior"]))
     checkpoint.load_weights(checkpoint.latest(out), model)
-    if saved.get("vqvae", {}).get("checkpoint") not in (None, vqvae_fingerprint(Path(run_dir))):
+    if saved.get("vqvae", {}).get("checkpoint") not in (None, codes_fingerprint(Path(run_dir))):
         print(
             f"warning: prior {name!r} was trained on codes of another VQ-VAE checkpoint",
             file=sys.stderr,

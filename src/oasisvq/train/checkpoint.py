@@ -76,18 +76,28 @@ def read_config(run_dir: Path) -> dict:
     return json.loads((ckpt / "config.json").read_text())
 
 
-def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
-    """Load weights, with a clear error when they belong to another architecture."""
+def load_weights(ckpt: Path, model: torch.nn.Module, new: tuple[str, ...] = ()) -> None:
+    """Load weights, with a clear error when they belong to another architecture.
+
+    ``new``: prefixes of the model's parameters that the checkpoint may lack (modules
+    added since, such as a discriminator); they keep their initial values."""
     tensors = load_file(str(ckpt / "model.safetensors"))
     own = model.state_dict()
     bad = [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]
-    missing = sorted(set(own) - set(tensors))
-    if bad or missing:
-        detail = f"shape mismatch for {bad[:3]}" if bad else f"missing {missing[:3]}"
+    missing = sorted(k for k in set(own) - set(tensors) if not k.startswith(new))
+    unknown = sorted(set(tensors) - set(own))
+    if bad or missing or unknown:
+        detail = (
+            f"shape mismatch for {bad[:3]}"
+            if bad
+            else f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unknown[:3]}"
+        )
         raise ConfigError(
             f"{ckpt}: checkpoint does not fit this model ({detail}); was it trained with another preset?"
         )
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, strict=not new)
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

@@ -47,7 +47,8 @@ class Task(Protocol):
 
     # Optional: ``epoch_state() -> object`` (the whole-epoch statistics so far, reduced
     # over ranks, JSON-able) and ``load_epoch_state(state)``, so that a run resumed from a
-    # step checkpoint reports its whole epoch.
+    # step checkpoint reports its whole epoch; ``set_step(step)``, told the global optimizer
+    # step (from 0, the same after a resume) before each loss.
 
 
 class EpochStatsless:
@@ -234,6 +235,8 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     def _step(self, batch: Any) -> dict[str, Tensor]:
+        if hasattr(self.task, "set_step"):
+            self.task.set_step(self.epoch * self.steps_per_epoch + self.step_in_epoch)
         with self._autocast():
             loss, logs = self.task.loss(self.trained, batch)
         self.optimizer.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +33,19 @@ def _resumed_configs(
     data = saved["data"]
     data["split_fractions"] = tuple(data["split_fractions"])
     return model_cfg, TrainConfig.from_dict(saved["train"]), DataOptions(**data), saved["data_root"]
+
+
+def _load_splits(data_root: str | None, data_opts: DataOptions):
+    splits = load_splits(data_root, data_opts)
+    for name, s in splits.items():
+        if s.skipped:
+            print(
+                f"skipped {len(s.skipped)} bad file(s) in {name}:",
+                *s.skipped,
+                sep="\n  ",
+                file=sys.stderr,
+            )
+    return get_split(splits, "train", data_root), splits.get("validate")
 
 
 def train_vqvae(
@@ -66,17 +80,7 @@ def train_vqvae(
         data_opts = data_opts or DataOptions(size=model_cfg.image_size)
     if data_opts.size != model_cfg.image_size:
         model_cfg = dataclasses.replace(model_cfg, image_size=data_opts.size)
-    splits = load_splits(data_root, data_opts)
-    train = get_split(splits, "train", data_root)
-    val = splits.get("validate")
-    for name, s in splits.items():
-        if s.skipped:
-            print(
-                f"skipped {len(s.skipped)} bad file(s) in {name}:",
-                *s.skipped,
-                sep="\n  ",
-                file=sys.stderr,
-            )
+    train, val = _load_splits(data_root, data_opts)
     config = {
         "kind": "vqvae",
         "model": model_cfg.to_dict(),
@@ -89,3 +93,112 @@ def train_vqvae(
         return VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
 
     return train_task(make_task, train_cfg, out, config, resume=has_ckpt)
+
+
+def finetune_decoder(
+    parent: str | Path,
+    out: str | Path,
+    epochs: int | None = None,
+    adversarial_weight: float = 0.01,
+    adversarial_start: int = 260,
+    priors: list[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    **train_overrides: object,
+) -> History:
+    """Train the decoder of VQ-VAE run ``parent`` further, in a new run ``out``.
+
+    The encoder and the codebook stay fixed, so every image keeps its codes: the cached
+    codes, the feature network and the prior runs ``priors`` (default all) of ``parent``
+    are copied to ``out`` and stay valid there, and only how codes are drawn as images
+    changes. The loss is the parent's reconstruction loss plus, with
+    ``adversarial_weight`` > 0, a patch discriminator's (model/discriminator.py), which
+    trains alone for the first ``adversarial_start`` steps.
+    ``train_overrides`` are TrainConfig fields; the learning rate defaults to a tenth of
+    the parent's.
+    """
+    from oasisvq.prior.data import codes_fingerprint, vqvae_fingerprint
+
+    if resume:
+        out = prepare_run_dir(Path(out), resume, force)
+        if checkpoint.latest(out) is None:
+            raise ConfigError(f"{out}: no checkpoint to resume; start it again with --force")
+        model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, None)
+        config = checkpoint.read_config(out)
+        if "finetune" not in config:
+            raise ConfigError(f"{out}: not a finetune-decoder run")
+        if epochs is not None:
+            train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+        start = None
+    else:
+        parent = Path(parent)
+        model_cfg, parent_train, data_opts, data_root = _resumed_configs(parent, None)
+        names = _prior_names(parent, priors)
+        model_cfg = dataclasses.replace(
+            model_cfg, adversarial_weight=adversarial_weight, adversarial_start=adversarial_start
+        )
+        set_ = {k: v for k, v in train_overrides.items() if v is not None}
+        train_cfg = dataclasses.replace(
+            parent_train,
+            epochs=epochs or 10,
+            lr=float(set_.pop("lr", parent_train.lr / 10)),
+            **set_,
+        )
+        config = {
+            "kind": "vqvae",
+            "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "data": dataclasses.asdict(data_opts),
+            "data_root": data_root,
+            "finetune": {
+                "from": str(parent.resolve()),
+                "checkpoint": vqvae_fingerprint(parent),
+                "codes": codes_fingerprint(parent),
+                "trains": "decoder",
+            },
+        }
+        start = checkpoint.latest(parent)
+        out = prepare_run_dir(Path(out), resume, force)
+        _share_codes_and_priors(parent, out, names)
+    train, val = _load_splits(data_root, data_opts)
+
+    def make_task() -> VQVAETask:
+        model = VQVAE(model_cfg)
+        if start is not None:
+            checkpoint.load_weights(start, model, new=("discriminator.",))
+        model.freeze_codes()
+        return VQVAETask(model, train, val, train_cfg.batch_size)
+
+    return train_task(make_task, train_cfg, out, config, resume=start is None)
+
+
+def _prior_names(parent: Path, priors: list[str] | None) -> list[str]:
+    """``priors`` (None: all of ``parent``'s trained priors), each checked to exist."""
+    from oasisvq.prior.run import trained_priors
+
+    known = trained_priors(parent)
+    if unknown := [n for n in priors or [] if n not in known]:
+        raise ConfigError(f"{parent}: no trained prior {unknown[0]!r} (it has {known})")
+    return known if priors is None else priors
+
+
+def _share_codes_and_priors(parent: Path, out: Path, names: list[str]) -> None:
+    """Copy what depends on codes and data alone: ``priors/codes_*.npz``, ``features/`` and
+    the latest checkpoint of each prior run ``names``."""
+    (out / "priors").mkdir(parents=True, exist_ok=True)
+    for f in (parent / "priors").glob("codes_*.npz"):
+        shutil.copy2(f, out / "priors" / f.name)
+    if (parent / "features").is_dir():
+        shutil.copytree(parent / "features", out / "features", ignore=_locks)
+    for name in names:
+        src, dst = parent / "priors" / name, out / "priors" / name
+        ckpt = checkpoint.latest(src)
+        shutil.copytree(ckpt, dst / "checkpoints" / ckpt.name)
+        shutil.copy2(src / "checkpoints" / "LATEST", dst / "checkpoints" / "LATEST")
+        for f in ("config.json", "history.json", "history.csv", "curves.png"):
+            if (src / f).exists():
+                shutil.copy2(src / f, dst / f)
+
+
+def _locks(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith(".lock")]
