@@ -49,6 +49,7 @@ def test_finetune_trains_the_decoder_alone_and_keeps_codes_and_priors(
     out = tmp_path / "ft"
     assert _finetune(parent, out, "--epochs", "1", "--adversarial-start", "1") == 0
     assert _finetune(parent, out, "--epochs", "2", "--resume") == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3"]) == 2  # would unfreeze
 
     before, after = _weights(parent), _weights(out)
     for k, v in before.items():

@@ -63,6 +63,8 @@ def train_vqvae(
     out = prepare_run_dir(Path(out), resume, force)
     has_ckpt = resume and checkpoint.latest(out) is not None
     if has_ckpt:
+        if "finetune" in checkpoint.read_config(out):  # its encoder and codebook must stay fixed
+            raise ConfigError(f"{out}: a finetune-decoder run; resume it with finetune-decoder")
         model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, preset)
         if epochs is not None:
             train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
