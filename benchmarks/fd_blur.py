@@ -23,7 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 
 from oasisvq.data.loader import get_split, load_splits  # noqa: E402
 from oasisvq.evaluate.features import extract, feature_net, frechet_distance  # noqa: E402
@@ -96,11 +96,7 @@ def main() -> None:
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--out", required=True, help="JSON result; the plot goes beside it (.png)")
     args = p.parse_args()
-    out = Path(args.out)
-    result = blur_distances(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    plot(result, out.with_suffix(".png"))
+    save_result(blur_distances(args), args.out, plot)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -43,3 +46,18 @@ def cpu_label(m: dict) -> str:
         return m["cpu"]
     bf16 = ", native bf16" if m.get("cpu_native_bf16") else ""
     return f"{m['cpu']} ({m['cpu_capability']}{bf16})"
+
+
+def save_result(
+    result: dict,
+    out: str | Path,
+    plot: Callable[[dict, Path], None] | None = None,
+    default: Callable | None = None,
+) -> None:
+    """Write a benchmark's JSON result to ``out`` and, with ``plot``, its figure beside it
+    (``.png``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=default))
+    if plot is not None:
+        plot(result, out.with_suffix(".png"))

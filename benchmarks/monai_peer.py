@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 
 from oasisvq.data.loader import DataOptions, get_split, load_splits  # noqa: E402
 from oasisvq.model.presets import VQVAEConfig, get_preset  # noqa: E402
@@ -492,10 +492,7 @@ def main() -> int:
         "command": command,
         "machine": machine_info(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=_json_default))
-    plot(result, out.with_suffix(".png"))
+    save_result(result, args.out, plot, default=_json_default)
     show = {
         who: {
             "ssim": round(r["eval"]["ssim_mean"], 4),

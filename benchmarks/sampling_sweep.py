@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 
 import oasisvq  # noqa: E402
 from oasisvq.data.loader import get_split, load_splits  # noqa: E402
@@ -196,11 +196,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="JSON result; the plot goes beside it (.png)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    result = sweep(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    plot(result, out.with_suffix(".png"))
+    save_result(sweep(args), args.out, plot)
 
 
 if __name__ == "__main__":

@@ -132,9 +132,10 @@ def codes_fingerprint(run_dir: Path) -> str:
     """Names the encoder and codebook that a run's codes come from: for a run whose decoder
     alone was trained further (``oasisvq finetune-decoder``) those of the run it started
     from, whose codes and priors it shares; else its own checkpoint."""
-    if checkpoint.latest(Path(run_dir)) is None:
+    ckpt = checkpoint.latest(Path(run_dir))
+    if ckpt is None:
         return "none"
-    shared = checkpoint.read_config(Path(run_dir)).get("finetune", {}).get("codes")
+    shared = json.loads((ckpt / "config.json").read_text()).get("finetune", {}).get("codes")
     return shared or vqvae_fingerprint(run_dir)
 
 

@@ -48,6 +48,24 @@ def _load_splits(data_root: str | None, data_opts: DataOptions):
     return get_split(splits, "train", data_root), splits.get("validate")
 
 
+def _run_config(
+    model_cfg: VQVAEConfig,
+    train_cfg: TrainConfig,
+    data_opts: DataOptions,
+    data_root: str | None,
+    finetune: dict | None = None,
+) -> dict:
+    """What a VQ-VAE run saves with every checkpoint (``finetune``: where its codes come from)."""
+    config = {
+        "kind": "vqvae",
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "data": dataclasses.asdict(data_opts),
+        "data_root": None if data_root is None else str(Path(data_root).resolve()),
+    }
+    return config if finetune is None else {**config, "finetune": finetune}
+
+
 def train_vqvae(
     data_root: str | None,
     out: str | Path,
@@ -83,13 +101,7 @@ def train_vqvae(
     if data_opts.size != model_cfg.image_size:
         model_cfg = dataclasses.replace(model_cfg, image_size=data_opts.size)
     train, val = _load_splits(data_root, data_opts)
-    config = {
-        "kind": "vqvae",
-        "model": model_cfg.to_dict(),
-        "train": train_cfg.to_dict(),
-        "data": dataclasses.asdict(data_opts),
-        "data_root": None if data_root is None else str(Path(data_root).resolve()),
-    }
+    config = _run_config(model_cfg, train_cfg, data_opts, data_root)
 
     def make_task() -> VQVAETask:
         return VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
@@ -126,8 +138,8 @@ def finetune_decoder(
         if checkpoint.latest(out) is None:
             raise ConfigError(f"{out}: no checkpoint to resume; start it again with --force")
         model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, None)
-        config = checkpoint.read_config(out)
-        if "finetune" not in config:
+        finetune = checkpoint.read_config(out).get("finetune")
+        if finetune is None:
             raise ConfigError(f"{out}: not a finetune-decoder run")
         if epochs is not None:
             train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
@@ -146,23 +158,17 @@ def finetune_decoder(
             lr=float(set_.pop("lr", parent_train.lr / 10)),
             **set_,
         )
-        config = {
-            "kind": "vqvae",
-            "model": model_cfg.to_dict(),
-            "train": train_cfg.to_dict(),
-            "data": dataclasses.asdict(data_opts),
-            "data_root": data_root,
-            "finetune": {
-                "from": str(parent.resolve()),
-                "checkpoint": vqvae_fingerprint(parent),
-                "codes": codes_fingerprint(parent),
-                "trains": "decoder",
-            },
+        finetune = {
+            "from": str(parent.resolve()),
+            "checkpoint": vqvae_fingerprint(parent),
+            "codes": codes_fingerprint(parent),
+            "trains": "decoder",
         }
         start = checkpoint.latest(parent)
         out = prepare_run_dir(Path(out), resume, force)
         _share_codes_and_priors(parent, out, names)
     train, val = _load_splits(data_root, data_opts)
+    config = _run_config(model_cfg, train_cfg, data_opts, data_root, finetune)
 
     def make_task() -> VQVAETask:
         model = VQVAE(model_cfg)
