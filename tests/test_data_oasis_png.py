@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oasisvq.data.errors import DataError
 from oasisvq.data.loader import DataOptions, detect_layout, load_splits
 from oasisvq.data.oasis_png import (
     is_oasis_png,
@@ -17,6 +16,7 @@ from oasisvq.data.oasis_png import (
     mask_path,
     parse_name,
 )
+from oasisvq.errors import DataError
 
 LABELS = (0, 85, 170, 255)
 # split -> {subject: number of slices}

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oasisvq.data.errors import DataError
 from oasisvq.data.loader import DataOptions, detect_layout, get_split, load_splits
 from oasisvq.data.stats import describe, format_stats
 from oasisvq.data.tree import load_folder, load_tree
+from oasisvq.errors import DataError
 
 
 def png(path: Path, value: int = 100, size: int = 24, mode: str = "L") -> Path:

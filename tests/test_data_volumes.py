@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from oasisvq.data import volumes
-from oasisvq.data.errors import ConfigError, DataError
 from oasisvq.data.loader import DataOptions, detect_layout, load_splits
 from oasisvq.data.volumes import (
     find_volumes,
@@ -24,6 +23,7 @@ from oasisvq.data.volumes import (
     subject_id,
     voxel_axis,
 )
+from oasisvq.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import oasisvq
 from oasisvq.cli import main
-from oasisvq.data.errors import ConfigError
 from oasisvq.data.loader import DataOptions, load_splits
+from oasisvq.errors import ConfigError
 from oasisvq.model.discriminator import PatchDiscriminator, hinge_losses
 from oasisvq.model.presets import get_preset
 from oasisvq.model.vqvae import VQVAE

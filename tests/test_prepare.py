@@ -15,8 +15,8 @@ from PIL import Image
 
 from oasisvq.cli_data import add_prepare_parser
 from oasisvq.data import prepare as P
-from oasisvq.data.errors import ConfigError, DataError
 from oasisvq.data.prepare import prepare_oasis1
+from oasisvq.errors import ConfigError, DataError
 
 SHAPE = (20, 24, 18)
 SPLITS = ("train", "validate", "test")

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 from oasisvq.prior.base import guide, make_cond, pick
 from oasisvq.prior.pixelcnn import MaskedConv2d, PixelCNN
 from oasisvq.prior.registry import PRIORS, build_prior, get_prior_config

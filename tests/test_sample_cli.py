@@ -354,7 +354,7 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_resolve_condition() -> None:
-    from oasisvq.data.errors import ConfigError
+    from oasisvq.errors import ConfigError
     from oasisvq.prior.registry import get_prior_config
     from oasisvq.sample.sampler import resolve_condition
 

@@ -160,7 +160,7 @@ def test_unknown_preset_and_wrong_preset_on_resume(tiny_tree: Path, tmp_path: Pa
 
 
 def test_checkpoint_from_another_preset_is_refused(tiny_tree: Path, tmp_path: Path):
-    from oasisvq.data.errors import ConfigError
+    from oasisvq.errors import ConfigError
     from oasisvq.model.presets import get_preset
     from oasisvq.model.vqvae import VQVAE
 

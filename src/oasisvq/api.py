@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 from oasisvq.model.presets import VQVAEConfig
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.train import checkpoint

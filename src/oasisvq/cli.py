@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from oasisvq.data.errors import ConfigError, DataError
+from oasisvq.errors import ConfigError, DataError
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from oasisvq.data.errors import ConfigError, DataError
+from oasisvq.errors import ConfigError, DataError
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from oasisvq.cli import add_training_options
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 
 
 def _option(text: str) -> tuple[str, object]:

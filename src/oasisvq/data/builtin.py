@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from oasisvq.data.errors import DataError
 from oasisvq.data.loader import DataOptions
 from oasisvq.data.slices import SliceSet, Splits
 from oasisvq.data.volumes import slice_volume
+from oasisvq.errors import DataError
 
 SUBJECT = "MNI152"
 SOURCE = "nilearn:MNI152_T1_1mm"

@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from oasisvq.data.errors import DataError
 from oasisvq.data.slices import SliceSet, Splits
+from oasisvq.errors import DataError
+from oasisvq.io import exclusive
 
 
 @dataclass(frozen=True)
@@ -119,24 +118,6 @@ def _save(folder: Path, splits: Splits) -> None:
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
-
-
-@contextmanager
-def exclusive(lock: Path) -> Iterator[None]:
-    """Hold an exclusive lock on file ``lock`` (released when its holder exits or dies);
-    without file locking (Windows, some network file systems) just go on."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
 
 
 def _load_cached(folder: Path) -> Splits:

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oasisvq.data.errors import DataError
 from oasisvq.data.images import is_image_file, read_gray8
 from oasisvq.data.slices import SPLIT_NAMES, SliceSet, Splits
 from oasisvq.data.tree import decode_files
 from oasisvq.data.volumes import read_participants
+from oasisvq.errors import DataError
 
 IMAGE_DIR = "keras_png_slices_{split}"
 MASK_DIR = "keras_png_slices_seg_{split}"

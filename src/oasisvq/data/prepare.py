@@ -37,7 +37,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from oasisvq.data.errors import ConfigError, DataError
 from oasisvq.data.images import to_square
 from oasisvq.data.slices import SPLIT_NAMES
 from oasisvq.data.volumes import (
@@ -47,6 +46,7 @@ from oasisvq.data.volumes import (
     split_subjects,
     voxel_axis,
 )
+from oasisvq.errors import ConfigError, DataError
 
 IMAGE_GLOB = "PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc.img"
 SEG_GLOB = "FSL_SEG/*_fseg.img"

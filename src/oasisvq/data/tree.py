@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from oasisvq.data.errors import DataError
 from oasisvq.data.images import is_image_file, read_gray8, to_square
 from oasisvq.data.slices import SPLIT_NAMES, SliceSet, Splits
+from oasisvq.errors import DataError
 
 
 def decode_files(

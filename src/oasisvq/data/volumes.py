@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
-from oasisvq.data.errors import ConfigError, DataError
 from oasisvq.data.images import to_square
 from oasisvq.data.slices import SPLIT_NAMES, SliceSet, Splits
+from oasisvq.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from oasisvq.data.loader import DataOptions

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from oasisvq.data.loader import exclusive  # the lock the data cache uses too
 from oasisvq.data.slices import SliceSet
+from oasisvq.io import exclusive  # the lock the data cache uses too
 from oasisvq.train import checkpoint
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import EpochStatsless, train_task

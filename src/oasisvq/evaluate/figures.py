@@ -26,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
+from oasisvq.io import atomic_write
+
 DPI = 150
 IMAGE_CMAP = "gray"
 DIFF_CMAP = "inferno"
@@ -83,15 +85,10 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (tmp file then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png", facecolor="white", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(
+        path,
+        lambda tmp: fig.savefig(tmp, dpi=DPI, format="png", facecolor="white", bbox_inches="tight"),
+    )
 
 
 def _code_cmap(n_codes: int) -> tuple[ListedColormap, BoundaryNorm]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import torch
 from oasisvq.data.slices import SliceSet
 from oasisvq.evaluate import metrics
 from oasisvq.evaluate.figures import reconstruction_figure
+from oasisvq.io import write_json
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.train.vqvae_task import reconstruct_all
 
@@ -47,12 +46,8 @@ def write_report(
 ) -> None:
     """Write summary JSON, per-image CSV and the reconstruction figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, indent=2)
     for path in filter(None, [out_dir / "metrics.json", json_path]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_json(path, summary)
     with (out_dir / "per_image.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["source", "ssim", "ms_ssim", "psnr", "mse"])

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from oasisvq.evaluate import metrics
+from oasisvq.io import atomic_write, write_json
 
 PREFILTER_SIZE = 32
 
@@ -193,10 +193,7 @@ def real_reference(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def _cached_recon(run_dir: Path, split: str, codes: np.ndarray, model, key: str) -> np.ndarray:
@@ -209,9 +206,9 @@ def _cached_recon(run_dir: Path, split: str, codes: np.ndarray, model, key: str)
             if str(z["fingerprint"]) == key:
                 return z["images"]
     images = to_uint8(decode_codes(model, torch.from_numpy(codes)))
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, images=images, fingerprint=np.array(key))
-    os.replace(tmp, path)
+    atomic_write(
+        path, lambda tmp: np.savez(tmp.open("wb"), images=images, fingerprint=np.array(key))
+    )
     return images
 
 

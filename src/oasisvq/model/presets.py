@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 from oasisvq.model.quantizer import QuantizerConfig
 
 

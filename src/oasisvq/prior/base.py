@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 from oasisvq.prior.registry import PriorConfig
 
 Cond = dict[str, Tensor]

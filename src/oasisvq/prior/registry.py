@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from torch import nn
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 
 CONDITIONS = ("class", "position", "age")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oasisvq.data.errors import ConfigError
 from oasisvq.data.loader import DataOptions, get_split, load_splits
 from oasisvq.data.slices import SliceSet
+from oasisvq.errors import ConfigError
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.base import Prior
 from oasisvq.prior.data import CodeSet, cached_codes, codes_fingerprint

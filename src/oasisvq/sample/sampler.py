@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 from oasisvq.prior.base import Cond, Prior, check_guidance, make_cond
 from oasisvq.prior.registry import PriorConfig
 

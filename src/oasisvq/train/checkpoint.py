@@ -16,13 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from oasisvq.data.errors import ConfigError
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from oasisvq.errors import ConfigError
+from oasisvq.io import write_text
 
 
 def save(
@@ -46,8 +41,8 @@ def save(
     final = root / tag
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _atomic_text(root / "LATEST", tag)
-    _atomic_text(run_dir / "config.json", json.dumps(config, indent=2))
+    write_text(root / "LATEST", tag)
+    write_text(run_dir / "config.json", json.dumps(config, indent=2))
     _prune(root, keep)
     return final
 

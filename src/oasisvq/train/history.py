@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
+
+from oasisvq.io import atomic_write, write_json
 
 
 class History:
@@ -27,13 +27,15 @@ class History:
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        tmp = self.run_dir / "history.csv.tmp"
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.run_dir / "history.csv")
-        (self.run_dir / "history.json").write_text(json.dumps(self.rows, indent=1))
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=keys)
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(self.run_dir / "history.csv", write)
+        write_json(self.run_dir / "history.json", self.rows)
 
     def _write_tensorboard(self, row: dict) -> None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from oasisvq.data.errors import ConfigError
+from oasisvq.errors import ConfigError
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool) -> Path:

@@ -7,8 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from oasisvq.data.errors import ConfigError
 from oasisvq.data.loader import DataOptions, get_split, load_splits
+from oasisvq.errors import ConfigError
 from oasisvq.model.presets import VQVAEConfig, get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.train import checkpoint

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.data.errors import ConfigError
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.torch_dataset import ImageDataset, to_unit
+from oasisvq.errors import ConfigError
 from oasisvq.evaluate import metrics
 from oasisvq.model.discriminator import hinge_losses
 from oasisvq.model.presets import VQVAEConfig
