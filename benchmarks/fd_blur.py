@@ -28,7 +28,7 @@ from machine import machine_info, save_result  # noqa: E402
 from oasisvq.data.loader import get_split, load_splits  # noqa: E402
 from oasisvq.evaluate.features import extract, feature_net, frechet_distance  # noqa: E402
 from oasisvq.evaluate.samples import frechet_reference  # noqa: E402
-from oasisvq.prior.run import data_options, vqvae_config  # noqa: E402
+from oasisvq.train.prior_run import data_options, vqvae_config  # noqa: E402
 
 
 def blur_distances(args: argparse.Namespace) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from oasisvq.train.distributed import cpu_has_native_bf16
+from oasisvq.device import cpu_has_native_bf16
 
 
 def machine_info() -> dict:

@@ -328,6 +328,7 @@ def plot(result: dict, path: Path) -> None:
 def measure_ours_run(args: argparse.Namespace) -> dict:
     """Evaluate an already-trained run of ours; training figures from its history."""
     from oasisvq.api import load_vqvae
+
     from oasisvq.evaluate.reconstruction import evaluate_slices
 
     if args.threads:

@@ -15,7 +15,7 @@ Every image of the split, at the size training used (the first run's ``DataOptio
   ratios,
 
 and decoded again. For every setting the JSON holds the mean real encoded size in
-bytes per image and the mean SSIM / PSNR (``oasisvq.evaluate.metrics``, the project
+bytes per image and the mean SSIM / PSNR (``oasisvq.metrics``, the project
 definitions) of the decoded image against the uint8 original. Lossless PNG and WebP
 sizes are recorded as the lossless reference.
 
@@ -51,8 +51,8 @@ from PIL import Image, features
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 
+from oasisvq import metrics  # noqa: E402
 from oasisvq.data.loader import DataOptions, get_split, load_splits  # noqa: E402
-from oasisvq.evaluate import metrics  # noqa: E402
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
@@ -198,7 +198,7 @@ def lossless_reference(images: np.ndarray, workers: int = 1) -> dict:
 # ---------------------------------------------------------------- VQ-VAE runs
 def run_data_options(run_dir: Path) -> tuple[DataOptions, str | None]:
     """The data options and data root a run was trained with."""
-    from oasisvq.prior.run import data_options, vqvae_config
+    from oasisvq.train.prior_run import data_options, vqvae_config
 
     saved = vqvae_config(run_dir)
     return data_options(saved), saved.get("data_root")
@@ -209,8 +209,8 @@ def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) ->
     ``run_dir`` (computed now), or from a saved samples evaluation when the prior does
     not load. An empty list when the run has no prior."""
     from oasisvq.prior.data import CodeSet, encode_images
-    from oasisvq.prior.run import load_prior, trained_priors
-    from oasisvq.prior.task import nll_per_image
+    from oasisvq.train.prior_run import load_prior, trained_priors
+    from oasisvq.train.prior_task import nll_per_image
 
     out: list[dict] = []
     names = trained_priors(run_dir)
@@ -235,7 +235,7 @@ def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) ->
                     slices.ages,
                 )
             nll = nll_per_image(prior, codes, device)
-            from oasisvq.train import checkpoint
+            from oasisvq.runs import checkpoint
 
             row.update(
                 source="computed",
@@ -267,6 +267,7 @@ def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) ->
 def measure_run(run: str, data: str | None, split: str, device: torch.device) -> dict:
     """Evaluate one VQ-VAE run on ``split`` of ``data`` (default: the run's data root)."""
     from oasisvq.api import load_vqvae
+
     from oasisvq.evaluate.reconstruction import evaluate_slices
 
     run_dir = Path(run)
@@ -444,7 +445,7 @@ def main() -> int:
             "as a raw .j2k codestream, no JP2 boxes)",
             "VQ-VAE bytes_per_image = grid cells * log2(K) / 8 (fixed-length codes, no header); "
             "prior NLL bytes are the ideal arithmetic-coding size under the prior",
-            "SSIM and PSNR from oasisvq.evaluate.metrics against the uint8 originals scaled to [0, 1]",
+            "SSIM and PSNR from oasisvq.metrics against the uint8 originals scaled to [0, 1]",
             "header_bytes_mean: the fixed cost inside bytes_mean (JPEG tables up to SOS, JPEG 2000 main "
             "header with OpenJPEG's comment, WebP RIFF/VP8 headers); it dominates near the VQ-VAE budgets",
             "JPEG SSIM is not monotonic in quality: at some qualities the DC quantisation decodes the "

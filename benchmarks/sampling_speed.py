@@ -30,13 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
+from oasisvq.api import VQModel, load  # noqa: E402
 from plots import bar_panels  # noqa: E402
 
-from oasisvq.api import VQModel, load  # noqa: E402
 from oasisvq.model.presets import get_preset  # noqa: E402
 from oasisvq.model.vqvae import VQVAE  # noqa: E402
 from oasisvq.prior.registry import PRIORS, build_prior  # noqa: E402
-from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
+from oasisvq.prior.sampling import decode_codes, sample_codes  # noqa: E402
 
 
 def _vq(run: str | None, preset: str, device: str) -> VQModel:

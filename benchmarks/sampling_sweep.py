@@ -52,8 +52,8 @@ from oasisvq.evaluate.samples import (  # noqa: E402
     real_reference,
 )
 from oasisvq.prior.data import cached_codes  # noqa: E402
-from oasisvq.prior.run import data_options, load_prior, resolve_prior_name, vqvae_config  # noqa: E402
-from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
+from oasisvq.prior.sampling import decode_codes, sample_codes  # noqa: E402
+from oasisvq.train.prior_run import data_options, load_prior, resolve_prior_name, vqvae_config  # noqa: E402
 
 
 def sweep(args: argparse.Namespace) -> dict:

@@ -78,11 +78,12 @@ def test_deterministic(splits):
 
 def test_demo_on_the_built_in_brain_trains_with_small_batches(tmp_path):
     # about a hundred training slices: the presets' batch of 32 gives too few steps
-    from oasisvq.pipeline import BUILTIN_BATCH, run_demo
-    from oasisvq.train import checkpoint
+    from oasisvq.pipeline import DemoSettings, run_demo
+    from oasisvq.runs import checkpoint
 
-    summary = run_demo(tmp_path / "demo", epochs=1, prior=None)
+    settings = DemoSettings(epochs=1, prior=None)
+    summary = run_demo(tmp_path / "demo", settings=settings)
     saved = checkpoint.read_config(tmp_path / "demo")
-    assert saved["train"]["batch_size"] == BUILTIN_BATCH == 8
+    assert saved["train"]["batch_size"] == settings.builtin_batch
     assert saved["model"]["name"] == "compact" and summary["n_images"] > 0
     assert (tmp_path / "demo" / f"eval-{summary['split']}" / "reconstructions.png").exists()

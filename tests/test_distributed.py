@@ -287,7 +287,7 @@ def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
 )
 def test_a_bare_cuda_device_gets_this_process_index(monkeypatch, name, local_rank, expected):
     # torch.cuda.set_device refuses a device without an index on some torch versions
-    from oasisvq.train import distributed as D
+    from oasisvq import device as D
 
     chosen: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

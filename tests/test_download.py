@@ -7,7 +7,6 @@ No test reaches the internet.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import io
@@ -24,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from oasisvq.cli_data import add_download_parser
+from oasisvq.cli import main
 from oasisvq.data import download as D
 from oasisvq.data.download import DownloadError, download_oasis, parse_discs, safe_extract
 
@@ -456,10 +455,7 @@ def test_malicious_archive_served(server, tmp_path):
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="oasisvq")
-    add_download_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_download(served, tmp_path, capsys):
@@ -474,7 +470,7 @@ def test_cli_download(served, tmp_path, capsys):
     ]
     assert _cli([*base, "--discs", "2", "--with-metadata", "--meta-url", served.url("files/")]) == 0
     assert (tmp_path / "oasis_cross-sectional.csv").is_file()
-    assert _cli([*base, "--discs", "9", "--retries", "0"]) == 2
+    assert _cli([*base, "--discs", "9", "--retries", "0"]) == 3  # a DataError
     err = capsys.readouterr().err.strip()
     assert err.startswith("oasisvq download: error: http://127.0.0.1:")
     assert "disc9.tar.gz: not found (HTTP 404)" in err

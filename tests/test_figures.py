@@ -1,4 +1,4 @@
-"""Figures in ``oasisvq.evaluate.figures`` are written as valid, non-trivial PNGs."""
+"""Figures in ``oasisvq.figures`` are written as valid, non-trivial PNGs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from oasisvq.evaluate import figures as F
+from oasisvq import figures as F
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

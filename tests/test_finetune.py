@@ -19,8 +19,8 @@ from oasisvq.errors import ConfigError
 from oasisvq.model.discriminator import PatchDiscriminator, hinge_losses
 from oasisvq.model.presets import get_preset
 from oasisvq.model.vqvae import VQVAE
-from oasisvq.prior import data as prior_data
-from oasisvq.train import checkpoint
+from oasisvq.runs import checkpoint
+from oasisvq.runs import codes as run_codes
 from oasisvq.train.vqvae_task import VQVAETask
 
 FAST = ["--batch-size", "8", "--amp", "off", "--device", "cpu"]
@@ -76,15 +76,15 @@ def test_finetune_trains_the_decoder_alone_and_keeps_codes_and_priors(
     assert not torch.equal(a.decode(codes), b.decode(codes))
 
     # cached codes and the prior carry over: no encoding, no warning, sampling works
-    fp = prior_data.codes_fingerprint
-    assert fp(out) == fp(parent) != prior_data.vqvae_fingerprint(out)
+    fp = run_codes.codes_fingerprint
+    assert fp(out) == fp(parent) != run_codes.vqvae_fingerprint(out)
     train = load_splits(tiny_tree, DataOptions(size=32))["train"]
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("codes were encoded again")
 
-    monkeypatch.setattr(prior_data, "encode_images", boom)
-    cached = prior_data.cached_codes(out, "train", train, b.vqvae, torch.device("cpu"))
+    monkeypatch.setattr(run_codes, "encode_images", boom)
+    cached = run_codes.cached_codes(out, "train", train, b.vqvae, torch.device("cpu"))
     assert np.array_equal(cached.codes, a.encode(np.asarray(train.images, np.float32) / 255))
     capsys.readouterr()
     assert main(["sample", str(out), "--n", "2", "--out", str(tmp_path / "s"), *FAST[-2:]]) == 0
@@ -99,7 +99,7 @@ def test_finetune_refuses_unknown_priors_and_existing_runs(
     out = tmp_path / "ft"
     assert _finetune(parent, out, "--priors", "nope") == 2
     assert "no trained prior 'nope'" in capsys.readouterr().err and not out.exists()
-    assert _finetune(tmp_path / "missing", out) == 2 and not out.exists()
+    assert _finetune(tmp_path / "missing", out) == 4 and not out.exists()  # no such run
     assert _finetune(parent, out, "--epochs", "1", "--priors", "none") == 0
     assert not (out / "priors" / "transformer").exists()
     assert _finetune(parent, out, "--epochs", "1") == 2  # exists: --resume or --force

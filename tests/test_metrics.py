@@ -1,4 +1,4 @@
-"""Metrics in ``oasisvq.evaluate.metrics`` against scikit-image and hand formulas."""
+"""Metrics in ``oasisvq.metrics`` against scikit-image and hand formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from oasisvq.evaluate import metrics as M
+from oasisvq import metrics as M
 
 RNG_SEED = 1234
 

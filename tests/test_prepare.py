@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import errno
 import re
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oasisvq.cli_data import add_prepare_parser
+from oasisvq.cli import main
 from oasisvq.data import prepare as P
 from oasisvq.data.prepare import prepare_oasis1
 from oasisvq.errors import ConfigError, DataError
@@ -237,8 +236,6 @@ def test_prepared_data_loads_with_the_project_loader(src, tmp_path):
 
 
 def test_cli_prepare(src, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="oasisvq")
-    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
     argv = [
         "prepare",
         "oasis1",
@@ -250,15 +247,13 @@ def test_cli_prepare(src, tmp_path, capsys):
         "16",
         "--quiet",
     ]
-    args = parser.parse_args([*argv, "--fractions", "0.6,0.2,0.2", "--seed", "2"])
-    assert args.func(args) == 0
+    assert main([*argv, "--fractions", "0.6,0.2,0.2", "--seed", "2"]) == 0
     assert "wrote" in capsys.readouterr().out
-    args = parser.parse_args(argv)
-    assert args.func(args) == 2
+    assert main(argv) == 3
     err = capsys.readouterr().err.strip()
     assert (
         err
         == f"oasisvq prepare: error: {tmp_path / 'out'}: already exists; pass --force (force=True) to replace it"
     )
     with pytest.raises(SystemExit):
-        parser.parse_args([*argv, "--fractions", "0.5,0.5"])
+        main([*argv, "--fractions", "0.5,0.5"])

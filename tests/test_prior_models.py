@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from oasisvq.errors import ConfigError
-from oasisvq.prior.base import guide, make_cond, pick
+from oasisvq.prior.base import SamplingOptions, guide, make_cond, pick
 from oasisvq.prior.pixelcnn import MaskedConv2d, PixelCNN
 from oasisvq.prior.registry import PRIORS, build_prior, get_prior_config
+from oasisvq.prior.sampling import sample_codes
 from oasisvq.prior.transformer import TransformerPrior
-from oasisvq.sample.sampler import sample_codes
 
 
 def _tiny(name: str, grid: tuple[int, int] = (5, 5), k: int = 6, **kw: object):
@@ -110,8 +110,8 @@ def test_kv_cache_gives_the_logits_of_a_full_pass(
     model = build_prior(cfg).double().eval()
     codes = torch.randint(0, 7, (3, 4, 6))
     cond = {
-        "cls": torch.tensor([0, 2, -1]),
-        "pos": torch.tensor([0.1, float("nan"), 0.7]).double(),
+        "class": torch.tensor([0, 2, -1]),
+        "position": torch.tensor([0.1, float("nan"), 0.7]).double(),
         "age": torch.tensor([60.0, 80.0, float("nan")]).double(),
     }
     full = model(codes, cond)
@@ -135,7 +135,7 @@ def test_greedy_samples_are_the_argmax_of_a_full_pass(name: str) -> None:
     for m in model.modules():  # sharpen, so argmax ties do not occur
         if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
             m.weight.data *= 3
-    codes = model.sample(5, temperature=0.0)
+    codes = model.sample(5, options=SamplingOptions(temperature=0.0))
     assert codes.shape == (5, 7, 4)
     assert torch.equal(model(codes).argmax(-1), codes)
 
@@ -149,7 +149,7 @@ def test_pixelcnn_on_codes_equals_the_one_hot_convolution() -> None:
         torch.manual_seed(0)
         model = build_prior(cfg).double().eval()  # eval: no condition dropout
         codes = torch.randint(0, 7, (3, 5, 6))
-        cond = make_cond(3, cls=1) if condition else None
+        cond = make_cond(3, class_index=1) if condition else None
         onehot = torch.nn.functional.one_hot(codes, 7).permute(0, 3, 1, 2).double()
         fast, dense = model.forward_codes(codes, cond), model.forward_onehot(onehot, cond)
         torch.testing.assert_close(fast, dense)
@@ -182,9 +182,9 @@ def test_conditioning_changes_outputs(name: str) -> None:
     for p in model.parameters():  # away from the init where conditions barely matter
         p.data += 0.05 * torch.randn_like(p)
     codes = torch.randint(0, 6, (2, 4, 4))
-    base = make_cond(2, cls=0, pos=0.2, age=40.0)
+    base = make_cond(2, class_index=0, position=0.2, age=40.0)
     ref = model(codes, base)
-    for key, value in (("cls", 1), ("pos", 0.9), ("age", 80.0)):
+    for key, value in (("class", 1), ("position", 0.9), ("age", 80.0)):
         other = dict(base)
         other[key] = torch.full_like(base[key], value)
         assert (model(codes, other) - ref).abs().max() > 1e-4, key
@@ -281,10 +281,10 @@ def test_guided_sampling_interpolates_between_marginal_and_conditional(name: str
     """Guidance 0 draws what the unknown condition draws, 1 what the plain conditional draw
     gives (the same uniforms per row); other scales move the samples."""
     model = _conditional(name)
-    n, cls_1 = 64, make_cond(64, cls=1)
+    n, cls_1 = 64, make_cond(64, class_index=1)
 
     def draw(cond, guidance: float) -> torch.Tensor:
-        return sample_codes(model, n, cond, seed=7, guidance=guidance)
+        return sample_codes(model, n, cond, SamplingOptions(seed=7, guidance=guidance))
 
     plain = draw(cls_1, 1.0)
     assert plain.shape == (n, 4, 5)
@@ -297,11 +297,11 @@ def test_guided_sampling_interpolates_between_marginal_and_conditional(name: str
 def test_guidance_needs_a_conditional_prior_trained_with_unknown_conditions() -> None:
     unconditional = _tiny("transformer")
     with pytest.raises(ConfigError, match="unconditional"):
-        sample_codes(unconditional, 2, None, guidance=2.0)
-    sample_codes(unconditional, 2, None, guidance=1.0)  # no guidance: fine
+        sample_codes(unconditional, 2, None, SamplingOptions(guidance=2.0))
+    sample_codes(unconditional, 2, None, SamplingOptions(guidance=1.0))  # no guidance: fine
     model = _conditional("transformer")
-    with pytest.raises(ConfigError, match="at least 0"):
-        sample_codes(model, 2, make_cond(2, cls=0), guidance=-1.0)
+    with pytest.raises(ConfigError, match=">= 0"):
+        SamplingOptions(guidance=-1.0)
     model.cfg = dataclasses.replace(model.cfg, cond_dropout=0.0)
     with pytest.raises(ConfigError, match="cond_dropout"):
-        sample_codes(model, 2, make_cond(2, cls=0), guidance=2.0)
+        sample_codes(model, 2, make_cond(2, class_index=0), SamplingOptions(guidance=2.0))

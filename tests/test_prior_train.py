@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from oasisvq.prior.base import make_cond
+from oasisvq.prior.base import SamplingOptions, make_cond
 from oasisvq.prior.data import CodeSet
 from oasisvq.prior.registry import get_prior_config
-from oasisvq.prior.run import train_prior_on_codes
-from oasisvq.prior.task import evaluate_nll, nll_per_image
 from oasisvq.train.config import TrainConfig
+from oasisvq.train.prior_run import train_prior_on_codes
+from oasisvq.train.prior_task import evaluate_nll, nll_per_image
 
 K, GRID = 8, (4, 4)
 UNIFORM = GRID[0] * GRID[1] * math.log2(K)
@@ -88,19 +88,21 @@ def test_conditional_prior_follows_its_condition(tmp_path: Path) -> None:
     model, _ = train_prior_on_codes(tmp_path / "cond", cfg, train, val, _train_cfg(12))
     cpu = torch.device("cpu")
     true = nll_per_image(model, val, cpu).mean()
-    wrong = nll_per_image(model, val, cpu, cond_override={"cls": (val.classes + 1) % 3}).mean()
-    unknown = nll_per_image(model, val, cpu, cond_override={"cls": np.full(len(val), -1)}).mean()
+    wrong = nll_per_image(model, val, cpu, cond_override={"class": (val.classes + 1) % 3}).mean()
+    unknown = nll_per_image(model, val, cpu, cond_override={"class": np.full(len(val), -1)}).mean()
     assert true < 2.0 < wrong  # the class fixes the grid
     assert true < unknown < wrong  # unknown: only the first cell is uncertain (log2 3 bits)
     for c in range(3):
-        codes = model.sample(32, make_cond(32, cls=c), generator=torch.Generator().manual_seed(c))
+        codes = model.sample(
+            32, make_cond(32, class_index=c), generator=torch.Generator().manual_seed(c)
+        )
         assert ((codes // 2) == c).float().mean() > 0.9
     # classifier-free guidance: 0 ignores the class (the marginal mixes all three), 3 keeps it
     for c in range(3):
-        cond, g = make_cond(300, cls=c), torch.Generator().manual_seed(10 + c)
-        marginal = model.sample(300, cond, generator=g, guidance=0.0)[:, 0, 0] // 2
+        cond, g = make_cond(300, class_index=c), torch.Generator().manual_seed(10 + c)
+        marginal = model.sample(300, cond, SamplingOptions(guidance=0.0), g)[:, 0, 0] // 2
         assert 0.15 < (marginal == c).float().mean() < 0.55
-        guided = model.sample(300, cond, generator=g, guidance=3.0)
+        guided = model.sample(300, cond, SamplingOptions(guidance=3.0), g)
         assert ((guided // 2) == c).float().mean() > 0.95
 
 

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 import oasisvq
-from oasisvq import cli, cli_prior
+from oasisvq import cli
 from oasisvq.data.loader import DataOptions, load_splits
 from oasisvq.model.presets import VQVAEConfig
 from oasisvq.model.quantizer import QuantizerConfig
 from oasisvq.model.vqvae import VQVAE
-from oasisvq.train import checkpoint
+from oasisvq.runs import checkpoint
 from oasisvq.train.config import TrainConfig
 
 SIZE, K = 128, 8
@@ -27,14 +27,6 @@ FAST = ["--device", "cpu", "--amp", "off", "--batch-size", "8"]
 
 
 def _run_cli(*argv: str) -> int:
-    """``oasisvq ARGV`` with this module's commands registered (whether or not cli.py lists them)."""
-    extra = cli._extra_commands
-    if not any(getattr(f, "__module__", "") == "oasisvq.cli_prior" for f in extra()):
-        cli._extra_commands = lambda: [*extra(), cli_prior.add_parsers]
-        try:
-            return cli.main(list(argv))
-        finally:
-            cli._extra_commands = extra
     return cli.main(list(argv))
 
 
@@ -135,7 +127,7 @@ def test_transformer_also_trains_on_mirrored_slices(tiny: Path) -> None:
     """A transformer with ``mirror=true`` adds the codes of the left-right mirrored training images
     (cached beside the others) to its training set; sagittal slices are not mirrored."""
     from oasisvq.prior.data import CodeSet
-    from oasisvq.prior.run import add_mirrored
+    from oasisvq.train.prior_run import add_mirrored
 
     train = load_splits(tiny / "data", DataOptions(size=SIZE))["train"]
     model = oasisvq.load(tiny / "run")
@@ -146,12 +138,12 @@ def test_transformer_also_trains_on_mirrored_slices(tiny: Path) -> None:
     assert not np.array_equal(cached, model.encode(np.asarray(train.images, np.float32) / 255))
 
     codes = CodeSet(np.zeros((len(train), 8, 8)), train.classes, train.positions, train.ages)
-    vqvae = model.vqvae
-    both = add_mirrored(codes, tiny / "run", train, vqvae, torch.device("cpu"), "axial")
+    both = add_mirrored(codes, model, train)
     assert len(both) == 2 * len(train)
     assert np.array_equal(both.codes[len(train) :], cached)
     assert np.array_equal(both.classes, np.concatenate([train.classes, train.classes]))
-    alone = add_mirrored(codes, tiny / "run", train, vqvae, torch.device("cpu"), "sagittal")
+    model.saved = {**model.saved, "data": {**model.saved["data"], "axis": "sagittal"}}
+    alone = add_mirrored(codes, model, train)
     assert alone is codes
 
 
@@ -226,18 +218,16 @@ def test_sample_writes_png_npy_and_figure(tiny: Path) -> None:
 
 
 def test_model_sample_api(tiny: Path) -> None:
-    from oasisvq.sample.sampler import sample_images
-
-    model = oasisvq.load(tiny / "run")
-    kw = {"prior": "transformer", "seed": 1, "temperature": 0.8, "top_k": 4}
-    images = model.sample(3, precision="fp32", **kw)
+    run = oasisvq.load(tiny / "run")
+    exact = oasisvq.SamplingOptions(seed=1, temperature=0.8, top_k=4, precision="fp32")
+    images, codes = run.sample(3, "transformer", exact)
     assert images.shape == (3, SIZE, SIZE) and images.dtype == torch.float32
     assert 0 <= float(images.min()) and float(images.max()) <= 1
-    again, codes = sample_images(model, 3, precision="fp32", **kw)
-    assert torch.equal(images, again) and codes.shape == (3, 8, 8)
-    torch.testing.assert_close(model.decode(codes), images)
-    fast = model.sample(3, **kw)  # default "auto": bf16 decoding where native, same codes
-    assert (fast - images).abs().max() < 0.02
+    again, same = oasisvq.load(tiny / "run").sample(3, "transformer", exact)
+    assert torch.equal(images, again) and torch.equal(codes, same) and codes.shape == (3, 8, 8)
+    torch.testing.assert_close(run.decode(codes), images)
+    fast = run.sample(3, "transformer", dataclasses.replace(exact, precision="auto"))[0]
+    assert (fast - images).abs().max() < 0.02  # bf16 decoding where native, same codes
 
 
 def test_conditional_prior_cli(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,22 +321,22 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "diversity_ms_ssim_real",
         "frechet_distance",
         "frechet_distance_real_vs_real",
-        "nll_bits_per_image_wrong_condition",
-        "class_agreement_samples",
-        "sample_class_share",
     ):
-        assert key in r, key
-    assert r["split"] == "validate" and r["uniform_bits_per_image"] == pytest.approx(64 * 3)
+        assert key in r, key  # the flat aliases scripts read
+    assert r["likelihood"]["nll_bits_per_image"] == r["nll_bits_per_image"]
+    assert r["frechet"]["samples"] == r["frechet_distance"]
+    assert "nll_bits_per_image_wrong_condition" in r["likelihood"]
+    assert {"class_agreement_samples", "sample_class_share"} <= set(r["conditions"])
+    setup = r["setup"]
+    assert setup["split"] == "validate" and r["uniform_bits_per_image"] == pytest.approx(64 * 3)
     saved = json.loads((tiny / "run" / "config.json").read_text())
-    assert r["preset"] == saved["model"]["name"]
+    assert setup["preset"] == saved["model"]["name"]
     assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
     assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
-    assert (
-        r["frechet_distance_real_vs_mirrored"] >= 0 and r["mirror"] is False
-    )  # by-class: the default
-    assert r["frechet_distance_real_vs_train_reconstructions"] >= 0
-    assert r["decoder_finetune"] is None and r["adversarial_weight"] == 0  # the decoder as trained
+    assert r["frechet"]["real_vs_mirrored"] >= 0 and setup["mirror"] is False  # the default
+    assert r["frechet"]["real_vs_train_reconstructions"] >= 0
+    assert setup["decoder_finetune"] is None and setup["adversarial_weight"] == 0
     figs = Path(r["figures"])
     assert (figs / "nearest_neighbours.png").exists() and (figs / "samples.png").exists()
     # the feature network is trained once and then reused
@@ -356,13 +346,15 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_resolve_condition() -> None:
     from oasisvq.errors import ConfigError
     from oasisvq.prior.registry import get_prior_config
-    from oasisvq.sample.sampler import resolve_condition
+    from oasisvq.prior.sampling import resolve_conditions
 
     cfg = dataclasses.replace(
         get_prior_config("transformer", condition="class,position"), class_names=("CN", "AD")
     )
-    assert resolve_condition(cfg, "AD", 0.25) == {"cls": 1, "pos": 0.25, "age": None}
-    assert resolve_condition(cfg, 0)["cls"] == 0 and resolve_condition(cfg)["cls"] is None
-    for bad in ({"class_name": "XX"}, {"class_name": 5}, {"slice_pos": 1.5}, {"age": 70.0}):
+    wanted = {"class": "AD", "position": 0.25}
+    assert resolve_conditions(cfg, wanted) == {"class": 1, "position": 0.25, "age": None}
+    assert resolve_conditions(cfg, {"class": 0})["class"] == 0
+    assert resolve_conditions(cfg, None)["class"] is None
+    for bad in ({"class": "XX"}, {"class": 5}, {"position": 1.5}, {"age": 70.0}, {"sex": "F"}):
         with pytest.raises(ConfigError):
-            resolve_condition(cfg, **bad)
+            resolve_conditions(cfg, bad)

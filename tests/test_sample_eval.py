@@ -114,9 +114,9 @@ def test_feature_network_learns_rotation_and_class_and_is_cached(tmp_path: Path)
     rows = __import__("json").loads(
         next((tmp_path / "features").glob("*/history.json")).read_text()
     )
-    assert rows[-1]["val_rotation_acc"] > 0.8 and rows[-1]["val_cls_acc"] > 0.8, rows[-1]
+    assert rows[-1]["val_rotation_acc"] > 0.8 and rows[-1]["val_class_acc"] > 0.8, rows[-1]
     f = extract(net, val.images)
-    assert f["features"].shape == (64, 128) and f["cls_prob"].shape == (64, 2)
+    assert f["features"].shape == (64, 128) and f["class_prob"].shape == (64, 2)
     again = feature_net(
         tmp_path, "synthetic", {"size": 64}, train, val, epochs=4, device="cpu", batch_size=16
     )  # loaded, not retrained

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import oasisvq
 from oasisvq.cli import main
-from oasisvq.train import checkpoint
+from oasisvq.runs import checkpoint
 
 ARGS = ["--preset", "seed", "--size", "32", "--batch-size", "8", "--amp", "off", "--seed", "3"]
 
@@ -256,13 +256,17 @@ def test_presets_json(capsys):
 def test_evaluate_on_missing_split_is_a_clear_error(tiny_tree: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     assert _train(tiny_tree, run, "--epochs", "1") == 0
-    assert main(["evaluate", str(run), "--data", str(tiny_tree), "--split", "holdout"]) == 2
+    assert (
+        main(["evaluate", str(run), "--data", str(tiny_tree), "--split", "holdout"]) == 3
+    )  # a DataError
     assert "holdout" in capsys.readouterr().err
 
 
 def test_empty_data_folder(tmp_path: Path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert (
+        main(["train", "--data", str(empty), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 3
+    )  # a DataError
     assert str(empty) in capsys.readouterr().err
     assert os.path.exists(tmp_path / "r") is False or not any((tmp_path / "r").iterdir())

@@ -2,11 +2,23 @@
 
 Two lines load a trained run::
 
-    model = oasisvq.load("runs/compact")
-    codes = model.encode(images)          # (N, S, S) in [0, 1] -> (N, h, w) int64
+    run = oasisvq.load("runs/compact")
+    codes = run.encode(images)          # (N, S, S) in [0, 1] -> (N, h, w) int64
 """
 
-from oasisvq.api import VQModel, load
+from __future__ import annotations
 
-__all__ = ["VQModel", "load"]
+from pathlib import Path
+
+import torch
+
+from oasisvq.prior.base import SamplingOptions
+from oasisvq.runs import Run
+
+__all__ = ["Run", "SamplingOptions", "load"]
 __version__ = "0.1.0"
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Open a trained VQ-VAE run (see :class:`oasisvq.runs.Run`)."""
+    return Run.open(run_dir, device)

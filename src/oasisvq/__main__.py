@@ -1,5 +1,5 @@
-import sys
+"""``python -m oasisvq``: the command line."""
 
-from oasisvq.cli import main
+from oasisvq.cli import entry
 
-sys.exit(main())
+entry()

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -141,3 +142,38 @@ def run_lock(run_dir: Path | str) -> Iterator[None]:
         f.write(f"pid {os.getpid()}\n")
         f.flush()
         yield
+
+
+def fresh_output_dir(out: Path | str, force: bool, marker: str) -> Path:
+    """Make ``out`` ready for a command's outputs, so that no earlier result is mixed in.
+
+    A missing or empty folder is created. A folder this tool wrote before (it holds
+    ``marker``, e.g. ``sample.json``) is emptied only with ``force``; any other
+    non-empty folder is refused, with or without ``force``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: cannot write: a file stands where a folder is expected")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise OutputError(
+                f"{out}: folder is not empty and holds no {marker}: choose an empty or new folder"
+            )
+        if not force:
+            raise OutputError(f"{out}: holds an earlier result; pass --force to replace it")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out, exc) from exc
+    check_writable(out)
+    return out
+
+
+def check_writable(folder: Path | str) -> None:
+    """Prove that ``folder`` takes a file now, before long work starts."""
+    probe = Path(folder) / f".write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise output_error(folder, exc) from exc

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oasisvq.data.loader import DataOptions
+from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet, Splits
 from oasisvq.data.volumes import slice_volume
 from oasisvq.errors import DataError

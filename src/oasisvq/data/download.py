@@ -35,6 +35,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from oasisvq.errors import ConfigError, DataError
+
 NRG_BASE_URL = "https://download.nrg.wustl.edu/data/"
 OASIS_FILES_URL = "https://www.oasis-brains.org/files/"
 MANIFEST_NAME = "oasisvq-manifest.json"
@@ -73,13 +75,12 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-class DownloadError(Exception):
+class DownloadError(DataError):
     """A download or extraction failed. ``str()`` is one line: the URL or file, and why."""
 
     def __init__(self, where: object, reason: str) -> None:
         self.where = str(where)
-        self.reason = reason
-        super().__init__(f"{self.where}: {reason}")
+        super().__init__(where, reason)
 
 
 class _RetryableError(DownloadError):
@@ -95,11 +96,11 @@ def parse_discs(text: str, count: int = 12) -> list[int]:
     for part in text.replace(" ", "").split(","):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
-            raise ValueError(f"discs {text!r}: expected numbers and ranges such as '1-3,5'")
+            raise ConfigError(f"discs {text!r}: expected numbers and ranges such as '1-3,5'")
         first = int(match.group(1))
         last = int(match.group(2) or first)
         if not 1 <= first <= last <= count:
-            raise ValueError(f"discs {text!r}: {part!r} is not a range within 1-{count}")
+            raise ConfigError(f"discs {text!r}: {part!r} is not a range within 1-{count}")
         discs.update(range(first, last + 1))
     return sorted(discs)
 
@@ -110,13 +111,13 @@ def archive_names(dataset: str, discs: list[int] | None = None) -> list[str]:
     chosen = discs if discs is not None else list(range(1, spec.count + 1))
     bad = [n for n in chosen if not 1 <= n <= spec.count]
     if bad:
-        raise ValueError(f"{dataset} has discs 1-{spec.count}; got {bad}")
+        raise ConfigError(f"{dataset} has discs 1-{spec.count}; got {bad}")
     return [spec.archive.format(n=n) for n in chosen]
 
 
 def dataset_spec(dataset: str) -> DatasetSpec:
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
     return DATASETS[dataset]
 
 

@@ -13,40 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from oasisvq.data import builtin, oasis_png, tree, volumes
+from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet, Splits
 from oasisvq.errors import DataError
 from oasisvq.io import exclusive
 
 
-@dataclass(frozen=True)
-class DataOptions:
-    """How raw data becomes slices. Stored in run configs so evaluation matches training."""
-
-    size: int = 128
-    fit: str = "resize"
-    axis: str = "axial"
-    mask: str | None = None  # folder of mask volumes, or "auto" for *_seg/*_mask siblings
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    split_seed: int = 0
-    skip_bad: bool = False
-
-
 def detect_layout(root: Path) -> str:
-    from oasisvq.data import tree
-
     if not root.exists():
         raise DataError(root, "no such file or folder")
     if not root.is_dir():
         raise DataError(root, "expected a data folder")
     if tree.is_tree(root):
         return "tree"
-    from oasisvq.data import oasis_png, volumes
-
     if oasis_png.is_oasis_png(root):
         return "oasis-png"
     if volumes.has_volumes(root):
@@ -62,20 +46,12 @@ def detect_layout(root: Path) -> str:
 
 def _read(root: Path | None, opts: DataOptions) -> Splits:
     if root is None:
-        from oasisvq.data import builtin
-
         return builtin.load_builtin(opts)
     layout = detect_layout(root)
     if layout == "tree":
-        from oasisvq.data import tree
-
         return tree.load_tree(root, opts.size, opts.fit, opts.skip_bad)
     if layout == "oasis-png":
-        from oasisvq.data import oasis_png
-
         return oasis_png.load_oasis_png(root, opts.size, opts.fit, opts.skip_bad)
-    from oasisvq.data import volumes
-
     return volumes.load_volume_tree(root, opts)
 
 

@@ -26,3 +26,9 @@ def to_unit(batch: torch.Tensor, device: torch.device, channels_last: bool = Tru
     """``(B, 1, S, S) uint8`` -> float32 in [0, 1] on ``device``."""
     x = batch.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``(n, S, S)`` float in [0, 1] -> uint8 0..255 (clipped, rounded)."""
+    x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)

@@ -24,7 +24,7 @@ from oasisvq.data.slices import SPLIT_NAMES, SliceSet, Splits
 from oasisvq.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from oasisvq.data.loader import DataOptions
+    from oasisvq.data.options import DataOptions
 
 AXES = ("axial", "coronal", "sagittal")
 _AXIS_CODES = {"axial": ("S", "I"), "coronal": ("A", "P"), "sagittal": ("L", "R")}

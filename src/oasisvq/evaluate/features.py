@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from oasisvq.data.slices import SliceSet
 from oasisvq.io import exclusive  # the lock the data cache uses too
-from oasisvq.train import checkpoint
+from oasisvq.runs import checkpoint
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import EpochStatsless, train_task
 
@@ -77,14 +77,14 @@ class FeatureNet(nn.Module):
         f = self.features(x)
         out = {"rotation": self.rotation(f)}
         if self.cls is not None:
-            out["cls"] = self.cls(f)
+            out["class"] = self.cls(f)
         if self.position is not None:
-            out["pos"] = self.position(f)[:, 0]
+            out["position"] = self.position(f)[:, 0]
         return out
 
 
 class LabelledImages(Dataset):
-    """Item i: ``{"image": (1, S, S) uint8, "cls": int64, "pos": float32}``."""
+    """Item i: ``{"image": (1, S, S) uint8, "class": int64, "position": float32}``."""
 
     def __init__(self, slices: SliceSet) -> None:
         self.s = slices
@@ -95,8 +95,8 @@ class LabelledImages(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {
             "image": torch.from_numpy(np.array(self.s.images[i], np.uint8, copy=True))[None],
-            "cls": torch.tensor(int(self.s.classes[i])),
-            "pos": torch.tensor(float(self.s.positions[i])),
+            "class": torch.tensor(int(self.s.classes[i])),
+            "position": torch.tensor(float(self.s.positions[i])),
         }
 
 
@@ -133,17 +133,17 @@ class FeatureTask(EpochStatsless):
         out = model(x)
         losses = {"rotation": F.cross_entropy(out["rotation"].float(), rot)}
         losses["rotation_acc"] = (out["rotation"].argmax(-1) == rot).float().mean()
-        if "cls" in out:
-            c = batch["cls"]
+        if "class" in out:
+            c = batch["class"]
             known = c >= 0
             if known.any():
-                losses["cls"] = F.cross_entropy(out["cls"].float()[known], c[known])
-                losses["cls_acc"] = (out["cls"][known].argmax(-1) == c[known]).float().mean()
-        if "pos" in out:
-            p = batch["pos"]
+                losses["class"] = F.cross_entropy(out["class"].float()[known], c[known])
+                losses["class_acc"] = (out["class"][known].argmax(-1) == c[known]).float().mean()
+        if "position" in out:
+            p = batch["position"]
             known = torch.isfinite(p)
             if known.any():
-                losses["pos"] = F.mse_loss(out["pos"].float()[known], p[known])
+                losses["position"] = F.mse_loss(out["position"].float()[known], p[known])
         return losses
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -169,8 +169,8 @@ class FeatureTask(EpochStatsless):
         torch.set_rng_state(gen)
         names = {
             "rotation": "val_rotation_loss",
-            "cls": "val_class_loss",
-            "pos": "val_position_loss",
+            "class": "val_class_loss",
+            "position": "val_position_loss",
         }
         return {names.get(k, f"val_{k}"): v / batches for k, v in sums.items()}
 
@@ -178,8 +178,8 @@ class FeatureTask(EpochStatsless):
 def _collate(s: SliceSet, idx: np.ndarray) -> dict[str, Tensor]:
     return {
         "image": torch.from_numpy(np.asarray(s.images[idx]))[:, None],
-        "cls": torch.from_numpy(s.classes[idx]),
-        "pos": torch.from_numpy(s.positions[idx]),
+        "class": torch.from_numpy(s.classes[idx]),
+        "position": torch.from_numpy(s.positions[idx]),
     }
 
 
@@ -249,7 +249,7 @@ def extract(
     Returns ``features (N, 128)`` float64, ``cls_prob (N, C)`` when the net has a class
     head, ``pos (N,)`` when it has a position head."""
     device = next(model.parameters()).device
-    out: dict[str, list] = {"features": [], "cls_prob": [], "pos": []}
+    out: dict[str, list] = {"features": [], "class_prob": [], "position": []}
     for s in range(0, len(images), batch_size):
         chunk = images[s : s + batch_size]
         x = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))
@@ -257,9 +257,9 @@ def extract(
         f = model.features(x)
         out["features"].append(f.double().cpu())
         if model.cls is not None:
-            out["cls_prob"].append(model.cls(f).softmax(-1).cpu())
+            out["class_prob"].append(model.cls(f).softmax(-1).cpu())
         if model.position is not None:
-            out["pos"].append(model.position(f)[:, 0].cpu())
+            out["position"].append(model.position(f)[:, 0].cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items() if v}
 
 

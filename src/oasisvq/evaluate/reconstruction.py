@@ -8,12 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from oasisvq import metrics
+from oasisvq.data.loader import get_split
 from oasisvq.data.slices import SliceSet
-from oasisvq.evaluate import metrics
-from oasisvq.evaluate.figures import reconstruction_figure
-from oasisvq.io import write_json
+from oasisvq.data.tree import load_folder
+from oasisvq.figures import reconstruction_figure
+from oasisvq.io import atomic_write, check_writable, output_error, write_json
 from oasisvq.model.vqvae import VQVAE
+from oasisvq.runs import Run
 from oasisvq.train.vqvae_task import reconstruct_all
 
 
@@ -71,3 +75,64 @@ def _spread(n: int, k: int) -> np.ndarray:
 
 def bits(codebook_size: int, cells: int) -> float:
     return cells * math.log2(codebook_size)
+
+
+def evaluate_run(
+    run: Run,
+    split: str,
+    data_root: str | None = None,
+    out_dir: Path | None = None,
+    json_path: Path | None = None,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+) -> dict:
+    """Measure ``run``'s reconstructions of ``split`` (of its data, or ``data_root`` read
+    with its options); figures and per-image CSV go to ``out_dir`` (default
+    ``RUN/eval-SPLIT``). Returns the summary."""
+    root = data_root if data_root is not None else run.data_root
+    slices = get_split(run.splits(data_root, skip_bad), split, root or "built-in data")
+    out = out_dir or run.path / f"eval-{split}"
+    check_writable_dir(out)
+    summary, r = evaluate_slices(run.vqvae, slices, run.device, batch_size)
+    summary.update(split=split, data=root or "built-in MNI152")
+    write_report(out, slices, summary, r, json_path)
+    return summary
+
+
+def reconstruct_files(
+    run: Run,
+    source: Path,
+    out: Path,
+    json_path: Path | None = None,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+) -> dict:
+    """Reconstruct an image file or a folder of images into ``out``: ``images/<stem>_recon.png``
+    and ``<stem>_codes.npy`` beside the report. Returns the summary."""
+    opts = run.data_options
+    slices = load_folder(source, opts.size, opts.fit, skip_bad)
+    check_writable_dir(out)
+    summary, r = evaluate_slices(run.vqvae, slices, run.device, batch_size)
+    summary["input"] = str(source)
+    write_report(out, slices, summary, r, json_path)
+    (out / "images").mkdir(exist_ok=True)
+    for src, img, codes in zip(slices.sources, r["recon"], r["codes"], strict=True):
+        stem = Path(src).stem
+        pixels = np.round(img * 255).astype(np.uint8)
+        atomic_write(
+            out / "images" / f"{stem}_recon.png",
+            lambda t, x=pixels: Image.fromarray(x).save(t, format="PNG"),
+        )
+        atomic_write(
+            out / "images" / f"{stem}_codes.npy", lambda t, c=codes: np.save(t.open("wb"), c)
+        )
+    return summary
+
+
+def check_writable_dir(out: Path) -> None:
+    """Create ``out`` and prove it takes files, before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out, exc) from exc
+    check_writable(out)

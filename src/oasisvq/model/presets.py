@@ -7,10 +7,14 @@ checkpoint, so a run can always be rebuilt without this table.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from oasisvq.errors import ConfigError
 from oasisvq.model.quantizer import QuantizerConfig
+
+ARCHS = ("seed", "resnet")
+# configs saved before these fields existed meant these values
+SAVED_BEFORE_THESE_FIELDS = {"upsample": "nearest", "full_res": True}
 
 
 @dataclass
@@ -24,11 +28,10 @@ class VQVAEConfig:
     mid_blocks: int = 0  # residual blocks at the latent resolution (resnet only)
     decoder_blocks: tuple[int, ...] | None = None  # per level, encoder order; None = ``blocks``
     decoder_mid_blocks: int | None = None  # None = ``mid_blocks``
-    upsample: str = "nearest"  # decoder x2 upsampling: "nearest" + conv 3x3, or "convt" 4x4
-    full_res: bool = True  # layers at the image's resolution; False: sub-pixel output head
+    upsample: str = "convt"  # decoder x2 upsampling: "convt" 4x4, or "nearest" + conv 3x3
+    full_res: bool = False  # layers at the image's resolution; False: sub-pixel output head
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    loss: str = "mse"  # "mse", or "mse+ssim": (1 - w) * MSE/var + w * (1 - SSIM)
-    ssim_weight: float = 0.0
+    ssim_weight: float = 0.0  # loss: (1 - w) * MSE/var + w * (1 - SSIM)
     data_variance: float = 0.104  # MSE is divided by it (corrected value for these images)
     default_epochs: int = 30
     batch_size: int = 64
@@ -57,8 +60,15 @@ class VQVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VQVAEConfig:
-        d = dict(d)
-        d["quantizer"] = QuantizerConfig(**d["quantizer"])
+        """A saved config; keys of earlier versions that no longer mean anything are ignored."""
+        known = {f.name for f in fields(cls)}
+        d = {**SAVED_BEFORE_THESE_FIELDS, **{k: v for k, v in d.items() if k in known}}
+        if d.get("arch") not in ARCHS:
+            raise ConfigError(f"model arch {d.get('arch')!r}: expected one of {', '.join(ARCHS)}")
+        q_known = {f.name for f in fields(QuantizerConfig)}
+        d["quantizer"] = QuantizerConfig(
+            **{k: v for k, v in d["quantizer"].items() if k in q_known}
+        )
         for key in ("widths", "blocks", "decoder_blocks"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
@@ -81,7 +91,6 @@ HIFI = VQVAEConfig(
     upsample="convt",
     full_res=False,
     quantizer=QuantizerConfig(codebook_size=512, dim=32),
-    loss="mse+ssim",
     ssim_weight=0.9,
     lr=2e-3,
     adam_beta2=0.99,
@@ -97,7 +106,6 @@ PRESETS: dict[str, VQVAEConfig] = {
             arch="seed",
             description="The original report's table: 4 stride-2 convs, 8x8x16 latent, 16 codes.",
             quantizer=QuantizerConfig(codebook_size=16, dim=16),
-            loss="mse",
             lr=2e-3,
             batch_size=32,
         ),
@@ -116,7 +124,6 @@ PRESETS: dict[str, VQVAEConfig] = {
             upsample="convt",
             full_res=False,
             quantizer=QuantizerConfig(codebook_size=16, dim=16, normalize=True),
-            loss="mse+ssim",
             ssim_weight=0.9,
             lr=2e-3,
             adam_beta2=0.99,
@@ -145,6 +152,9 @@ def get_preset(name: str, **overrides: object) -> VQVAEConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     cfg = PRESETS[name]
+    size = overrides.get("codebook_size")
+    if size is not None and not 2 <= int(size) <= 65536:  # type: ignore[call-overload]
+        raise ConfigError(f"--codebook-size {size}: expected a whole number in [2, 65536]")
     q_keys = {
         k: v
         for k, v in overrides.items()

@@ -2,9 +2,9 @@
 
 Conditions travel as a dict of per-example tensors (any key may be missing)::
 
-    cond = {"cls": (B,) int64,    # class index into cfg.class_names, -1 = unknown
-            "pos": (B,) float32,  # normalised slice position in [0, 1], NaN = unknown
-            "age": (B,) float32}  # age in years, NaN = unknown
+    cond = {"class": (B,) int64,       # class index into cfg.class_names, -1 = unknown
+            "position": (B,) float32,  # normalised slice position in [0, 1], NaN = unknown
+            "age": (B,) float32}       # age in years, NaN = unknown
 
 A conditional prior is trained with each condition independently replaced by
 "unknown" for ``cfg.cond_dropout`` of the examples, so it can also be sampled
@@ -14,14 +14,14 @@ without that condition (the marginal over it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oasisvq.errors import ConfigError
-from oasisvq.prior.registry import PriorConfig
+from oasisvq.prior.config import PriorConfig
 
 Cond = dict[str, Tensor]
 N_FREQ = 4  # Fourier features of a scalar condition: u, sin(2 pi k u), cos(2 pi k u), k = 1..N_FREQ
@@ -29,17 +29,71 @@ N_FREQ = 4  # Fourier features of a scalar condition: u, sin(2 pi k u), cos(2 pi
 
 def make_cond(
     n: int,
-    cls: int | None = None,
-    pos: float | None = None,
+    class_index: int | None = None,
+    position: float | None = None,
     age: float | None = None,
     device: torch.device | str = "cpu",
 ) -> Cond:
     """The same condition for ``n`` examples; None means unknown."""
+    cls = -1 if class_index is None else int(class_index)
     return {
-        "cls": torch.full((n,), -1 if cls is None else int(cls), dtype=torch.long, device=device),
-        "pos": torch.full((n,), math.nan if pos is None else float(pos), device=device),
+        "class": torch.full((n,), cls, dtype=torch.long, device=device),
+        "position": torch.full(
+            (n,), math.nan if position is None else float(position), device=device
+        ),
         "age": torch.full((n,), math.nan if age is None else float(age), device=device),
     }
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How codes are drawn from a prior and decoded: one value of each, end to end.
+
+    temperature: softmax temperature (0 = the most likely code); top_k: draw among the
+    k most likely codes only; guidance: classifier-free guidance of a conditional prior
+    (1 = none, 0 = the marginal, above 1 = further towards the condition); steps:
+    parallel decoding steps of a masked prior (None = its default); seed: the random
+    stream (same seed and batch size, same samples; None = a fresh one); batch_size:
+    grids drawn at once (None = by grid size); precision: the decoder's ("auto" = bf16
+    where native). Invalid values raise ``ConfigError`` naming the option and its range.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    guidance: float = 1.0
+    steps: int | None = None
+    seed: int | None = 0
+    batch_size: int | None = None
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_number("--temperature", self.temperature, 0.0)
+        _check_number("--guidance", self.guidance, 0.0)
+        for flag, value in (
+            ("--top-k", self.top_k),
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{flag} {value}: expected a whole number >= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_number(flag: str, value: float, low: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= low):
+        raise ConfigError(f"{flag} {value}: expected a finite number >= {low:g}")
+
+
+DEFAULT_OPTIONS = SamplingOptions()
 
 
 def _fourier(u: Tensor) -> Tensor:
@@ -91,12 +145,12 @@ class ConditionEmbedding(nn.Module):
         cond = cond or {}
         device = self.start.device
         if "class" in self.cfg.condition:
-            c = cond.get("cls", torch.full((batch,), -1, dtype=torch.long, device=device)).long()
+            c = cond.get("class", torch.full((batch,), -1, dtype=torch.long, device=device)).long()
             known = self._drop((c >= 0) & (c < self.n_classes))
             out = out + self.cls(torch.where(known, c, torch.full_like(c, self.n_classes)))
-        for key, short in (("position", "pos"), ("age", "age")):
+        for key in ("position", "age"):
             if key in self.cfg.condition:
-                v = cond.get(short, torch.full((batch,), math.nan, device=device))
+                v = cond.get(key, torch.full((batch,), math.nan, device=device))
                 out = out + self._scalar(key, v)
         return out
 
@@ -195,11 +249,9 @@ class Prior(nn.Module):
         self,
         n: int,
         cond: Cond | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
+        options: SamplingOptions = DEFAULT_OPTIONS,
         generator: torch.Generator | None = None,
-        guidance: float = 1.0,
     ) -> Tensor:
-        """``n`` code grids ``(n, h, w)`` int64, drawn in raster order; ``guidance`` other
-        than 1 draws with classifier-free guidance (see ``guide``)."""
+        """``n`` code grids ``(n, h, w)`` int64 drawn with ``options`` (temperature, top_k,
+        guidance; see :class:`SamplingOptions`); ``cond``: per-example conditions."""
         raise NotImplementedError

@@ -34,8 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guided_batch, pick
-from oasisvq.prior.registry import PriorConfig
+from oasisvq.prior.base import (
+    DEFAULT_OPTIONS,
+    Cond,
+    ConditionEmbedding,
+    Prior,
+    SamplingOptions,
+    guided_batch,
+    pick,
+)
+from oasisvq.prior.config import PriorConfig
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -145,10 +153,8 @@ class PixelCNN(Prior):
         self,
         n: int,
         cond: Cond | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
+        options: SamplingOptions = DEFAULT_OPTIONS,
         generator: torch.Generator | None = None,
-        guidance: float = 1.0,
         window: bool = True,
     ) -> Tensor:
         """``n`` grids ``(n, h, w)``. ``window=False`` runs the whole grid for every cell
@@ -156,7 +162,7 @@ class PixelCNN(Prior):
         holds each grid twice (conditional, unknown)."""
         hh, ww = self.cfg.grid
         device = self.out.weight.device
-        batch = guided_batch(self.cfg, cond, n, guidance)
+        batch = guided_batch(self.cfg, cond, n, options.guidance)
         codes = torch.zeros(batch.copies * n, hh, ww, dtype=torch.long, device=device)
         for r in range(hh):
             top = max(0, r - self.reach_rows) if window else 0
@@ -164,5 +170,7 @@ class PixelCNN(Prior):
             for col in range(ww):
                 logits = self.forward_codes(codes[:, top:bottom], batch.cond)
                 logits = batch.logits(logits[:, :, r - top, col])  # (rows, K) -> (n, K)
-                codes[:, r, col] = pick(logits, temperature, top_k, generator).repeat(batch.copies)
+                codes[:, r, col] = pick(
+                    logits, options.temperature, options.top_k, generator
+                ).repeat(batch.copies)
         return codes[:n]

@@ -23,8 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import Cond, ConditionEmbedding, Prior, guided_batch, pick
-from oasisvq.prior.registry import PriorConfig
+from oasisvq.prior.base import (
+    DEFAULT_OPTIONS,
+    Cond,
+    ConditionEmbedding,
+    Prior,
+    SamplingOptions,
+    guided_batch,
+    pick,
+)
+from oasisvq.prior.config import PriorConfig
 
 
 class KVCache:
@@ -197,21 +205,19 @@ class TransformerPrior(Prior):
         self,
         n: int,
         cond: Cond | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
+        options: SamplingOptions = DEFAULT_OPTIONS,
         generator: torch.Generator | None = None,
-        guidance: float = 1.0,
     ) -> Tensor:
         """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache. With
         ``guidance`` other than 1 the batch holds each grid twice (conditional, unknown)."""
-        batch = guided_batch(self.cfg, cond, n, guidance)
+        batch = guided_batch(self.cfg, cond, n, options.guidance)
         rows = batch.copies * n
         pos, cache = self.positions(), self.new_cache(rows)
         x = self.cond(batch.cond, rows) + pos[0]
         out = torch.empty(n, self.cfg.cells, dtype=torch.long, device=pos.device)
         for t in range(self.cfg.cells):
             logits = batch.logits(self.step(x, t, cache))  # (rows, K) -> (n, K)
-            out[:, t] = pick(logits, temperature, top_k, generator)
+            out[:, t] = pick(logits, options.temperature, options.top_k, generator)
             if t + 1 < self.cfg.cells:
                 x = self.tok(out[:, t].repeat(batch.copies)) + pos[t + 1]
         return out.view(n, *self.cfg.grid)

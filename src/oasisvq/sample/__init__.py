@@ -1,1 +1,1 @@
-"""New brains: sample code grids from a run's prior and decode them (``sample_images``)."""
+"""New brains as files: samples of a run's prior written with their codes and settings."""

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from oasisvq.train import checkpoint
+from oasisvq.device import amp_dtype, pick_device
+from oasisvq.runs import checkpoint
 from oasisvq.train import distributed as D
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.history import History
@@ -118,8 +119,8 @@ class Engine:
         self.task, self.cfg, self.run_dir, self.config = task, cfg, Path(run_dir), config
         if D.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = D.pick_device(cfg.device)
-        self.amp = D.amp_dtype(cfg.amp, self.device)
+        self.device = pick_device(cfg.device)
+        self.amp = amp_dtype(cfg.amp, self.device)
         seed_everything(cfg.seed)
         model = task.model.to(self.device)
         if cfg.channels_last:

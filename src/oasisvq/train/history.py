@@ -50,7 +50,7 @@ class History:
         self._tb.flush()
 
     def _write_plot(self) -> None:
-        from oasisvq.evaluate.figures import curves_figure
+        from oasisvq.figures import curves_figure
 
         curves_figure(self.rows, self.run_dir / "curves.png")
 

@@ -7,32 +7,30 @@ import shutil
 import sys
 from pathlib import Path
 
-from oasisvq.data.loader import DataOptions, get_split, load_splits
-from oasisvq.errors import ConfigError
+from oasisvq.data.loader import get_split, load_splits
+from oasisvq.data.options import DataOptions
+from oasisvq.errors import ConfigError, RunError
 from oasisvq.model.presets import VQVAEConfig, get_preset
 from oasisvq.model.vqvae import VQVAE
-from oasisvq.train import checkpoint
+from oasisvq.runs import Run, checkpoint, read_kind
+from oasisvq.runs.rundir import prepare_run_dir
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import train_task
 from oasisvq.train.history import History
-from oasisvq.train.rundir import prepare_run_dir
 from oasisvq.train.vqvae_task import VQVAETask
 
 
 def _resumed_configs(
     out: Path, preset: str | None
 ) -> tuple[VQVAEConfig, TrainConfig, DataOptions, str | None]:
-    saved = checkpoint.read_config(out)
-    if saved.get("kind") != "vqvae":
-        raise ConfigError(f"{out}: not a VQ-VAE run (kind={saved.get('kind')!r})")
+    saved = read_kind(out, "vqvae")
     model_cfg = VQVAEConfig.from_dict(saved["model"])
     if preset is not None and preset != model_cfg.name:
         raise ConfigError(
             f"{out}: checkpoint was trained with preset {model_cfg.name!r}, not {preset!r}"
         )
-    data = saved["data"]
-    data["split_fractions"] = tuple(data["split_fractions"])
-    return model_cfg, TrainConfig.from_dict(saved["train"]), DataOptions(**data), saved["data_root"]
+    train_cfg = TrainConfig.from_dict(saved["train"])
+    return model_cfg, train_cfg, DataOptions.from_dict(saved["data"]), saved["data_root"]
 
 
 def _load_splits(data_root: str | None, data_opts: DataOptions):
@@ -48,6 +46,15 @@ def _load_splits(data_root: str | None, data_opts: DataOptions):
     return get_split(splits, "train", data_root), splits.get("validate")
 
 
+def _check_resumable(out: Path) -> None:
+    """``--resume`` continues a checkpoint or refuses: it never starts a fresh run."""
+    if checkpoint.latest(out) is None:
+        raise RunError(
+            f"{out}: no readable checkpoint to resume (checkpoints/LATEST missing or broken); "
+            "nothing was changed"
+        )
+
+
 def _run_config(
     model_cfg: VQVAEConfig,
     train_cfg: TrainConfig,
@@ -60,7 +67,7 @@ def _run_config(
         "kind": "vqvae",
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
-        "data": dataclasses.asdict(data_opts),
+        "data": data_opts.to_dict(),
         "data_root": None if data_root is None else str(Path(data_root).resolve()),
     }
     return config if finetune is None else {**config, "finetune": finetune}
@@ -79,8 +86,8 @@ def train_vqvae(
 ) -> History:
     """Train (or resume) a VQ-VAE run in ``out``. ``train_overrides`` are TrainConfig fields."""
     out = prepare_run_dir(Path(out), resume, force)
-    has_ckpt = resume and checkpoint.latest(out) is not None
-    if has_ckpt:
+    if resume:
+        _check_resumable(out)
         if "finetune" in checkpoint.read_config(out):  # its encoder and codebook must stay fixed
             raise ConfigError(f"{out}: a finetune-decoder run; resume it with finetune-decoder")
         model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, preset)
@@ -90,7 +97,7 @@ def train_vqvae(
         model_cfg = get_preset(preset or "seed", **(model_overrides or {}))
         set_ = {k: v for k, v in train_overrides.items() if v is not None}
         train_cfg = TrainConfig(
-            epochs=epochs or model_cfg.default_epochs,
+            epochs=model_cfg.default_epochs if epochs is None else epochs,
             batch_size=int(set_.pop("batch_size", model_cfg.batch_size)),
             lr=float(set_.pop("lr", model_cfg.lr)),
             weight_decay=model_cfg.weight_decay,
@@ -106,7 +113,7 @@ def train_vqvae(
     def make_task() -> VQVAETask:
         return VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
 
-    return train_task(make_task, train_cfg, out, config, resume=has_ckpt)
+    return train_task(make_task, train_cfg, out, config, resume=resume)
 
 
 def finetune_decoder(
@@ -131,12 +138,9 @@ def finetune_decoder(
     ``train_overrides`` are TrainConfig fields; the learning rate defaults to a tenth of
     the parent's.
     """
-    from oasisvq.prior.data import codes_fingerprint, vqvae_fingerprint
-
     if resume:
         out = prepare_run_dir(Path(out), resume, force)
-        if checkpoint.latest(out) is None:
-            raise ConfigError(f"{out}: no checkpoint to resume; start it again with --force")
+        _check_resumable(out)
         model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, None)
         finetune = checkpoint.read_config(out).get("finetune")
         if finetune is None:
@@ -146,22 +150,23 @@ def finetune_decoder(
         start = None
     else:
         parent = Path(parent)
+        parent_run = Run.open(parent)
         model_cfg, parent_train, data_opts, data_root = _resumed_configs(parent, None)
-        names = _prior_names(parent, priors)
+        names = _prior_names(parent_run, priors)
         model_cfg = dataclasses.replace(
             model_cfg, adversarial_weight=adversarial_weight, adversarial_start=adversarial_start
         )
         set_ = {k: v for k, v in train_overrides.items() if v is not None}
         train_cfg = dataclasses.replace(
             parent_train,
-            epochs=epochs or 10,
+            epochs=10 if epochs is None else epochs,
             lr=float(set_.pop("lr", parent_train.lr / 10)),
             **set_,
         )
         finetune = {
             "from": str(parent.resolve()),
-            "checkpoint": vqvae_fingerprint(parent),
-            "codes": codes_fingerprint(parent),
+            "checkpoint": parent_run.vqvae_fingerprint(),
+            "codes": parent_run.codes_fingerprint(),
             "trains": "decoder",
         }
         start = checkpoint.latest(parent)
@@ -180,13 +185,11 @@ def finetune_decoder(
     return train_task(make_task, train_cfg, out, config, resume=start is None)
 
 
-def _prior_names(parent: Path, priors: list[str] | None) -> list[str]:
+def _prior_names(parent: Run, priors: list[str] | None) -> list[str]:
     """``priors`` (None: all of ``parent``'s trained priors), each checked to exist."""
-    from oasisvq.prior.run import trained_priors
-
-    known = trained_priors(parent)
+    known = parent.priors()
     if unknown := [n for n in priors or [] if n not in known]:
-        raise ConfigError(f"{parent}: no trained prior {unknown[0]!r} (it has {known})")
+        raise ConfigError(f"{parent.path}: no trained prior {unknown[0]!r} (it has {known})")
     return known if priors is None else priors
 
 

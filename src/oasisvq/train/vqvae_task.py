@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oasisvq import metrics
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.torch_dataset import ImageDataset, to_unit
 from oasisvq.errors import ConfigError
-from oasisvq.evaluate import metrics
 from oasisvq.model.discriminator import hinge_losses
 from oasisvq.model.presets import VQVAEConfig
 from oasisvq.model.vqvae import VQVAE

@@ -17,7 +17,7 @@ LN2 = math.log(2.0)
 
 
 class PriorTask(EpochStatsless):
-    """Batches are ``{"codes": (B, h, w), "cls": (B,), "pos": (B,), "age": (B,)}``; the
+    """Batches are ``{"codes": (B, h, w), "class": (B,), "position": (B,), "age": (B,)}``; the
     loss is the mean cross-entropy per cell in nats; ``bits_per_image`` is logged beside it."""
 
     def __init__(self, model: Prior, train: CodeSet, val: CodeSet | None, batch_size: int) -> None:
@@ -59,7 +59,7 @@ def nll_per_image(
 ) -> np.ndarray:
     """Negative log-likelihood of every grid in bits, ``(N,)`` float64, in fp32.
 
-    ``cond_override``: ``{"cls": (N,), "pos": (N,), "age": (N,)}`` arrays replacing the
+    ``cond_override``: ``{"class": (N,), "position": (N,), "age": (N,)}`` arrays replacing the
     true conditions (e.g. wrong or unknown ones)."""
     was = model.training
     model.eval()

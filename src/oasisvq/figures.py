@@ -149,7 +149,7 @@ def _ssim_scores(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarr
     """Per-image SSIM (project definition) or ``None`` when images are too small."""
     if min(originals.shape[1:]) < 11:
         return None
-    from oasisvq.evaluate.metrics import ssim
+    from oasisvq.metrics import ssim
 
     x = torch.from_numpy(originals)[:, None]
     y = torch.from_numpy(reconstructions)[:, None]
@@ -174,7 +174,7 @@ def reconstruction_figure(
 
     originals, reconstructions: ``(N, H, W)`` in ``[0, 1]``; codes: ``(N, h, w)``
     ints; ssim_values: ``(N,)`` or ``None`` (then computed with
-    :func:`oasisvq.evaluate.metrics.ssim` when ``H, W >= 11``). The first
+    :func:`oasisvq.metrics.ssim` when ``H, W >= 11``). The first
     ``min(n, N)`` examples are shown; each reconstruction's title gives its SSIM.
     The difference column shares one colour scale, shown by a colourbar beside row 1.
     n_codes: the codebook size K, fixing the code colours and shown in the header

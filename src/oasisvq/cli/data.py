@@ -1,28 +1,31 @@
-"""The ``download`` and ``prepare`` subcommands (registered by ``oasisvq.cli``).
+"""Data commands: ``presets``, ``data``, ``download`` and ``prepare``.
 
-    oasisvq download oasis1 --to DIR [--discs 1-12] [--with-metadata]
-    oasisvq download oasis2 --to DIR
-    oasisvq prepare oasis1 --from DIR --to OUT [--size 256] [--fractions 0.8,0.1,0.1]
-
-Each handler returns an exit code like ``oasisvq.cli.main``: 0 on success, 2 on a
-data/download error (printed as one line naming the URL or file and the reason),
-130 when interrupted.
+oasisvq presets [--json]
+oasisvq data [ROOT] [--json]
+oasisvq download oasis1 --to DIR [--discs 1-12] [--with-metadata]
+oasisvq prepare oasis1 --from DIR --to OUT [--size 256] [--fractions 0.8,0.1,0.1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from oasisvq.errors import ConfigError, DataError
-
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-
-
-def _fail(command: str, message: str) -> int:
-    print(f"oasisvq {command}: error: {message}", file=sys.stderr)
-    return EXIT_ERROR
+from oasisvq.cli.common import add_data_options, data_options, print_json
+from oasisvq.data.download import (
+    DATASETS,
+    NRG_BASE_URL,
+    OASIS_FILES_URL,
+    download_oasis,
+    parse_discs,
+)
+from oasisvq.data.loader import load_splits
+from oasisvq.data.prepare import prepare_oasis1
+from oasisvq.data.stats import describe, format_stats
+from oasisvq.model.presets import PRESETS
+from oasisvq.model.vqvae import VQVAE, count_params
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -41,8 +44,6 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 def add_download_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``oasisvq download``."""
-    from oasisvq.data.download import NRG_BASE_URL, OASIS_FILES_URL
-
     p = subparsers.add_parser(
         "download",
         help="download the OASIS-1/OASIS-2 archives from their official source",
@@ -96,36 +97,28 @@ def add_download_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="resume a dropped transfer this many times (default 3)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_download)
+    p.set_defaults(
+        func=run_download, interrupted="interrupted: run the same command again to resume"
+    )
     return p
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from oasisvq.data.download import DATASETS, DownloadError, download_oasis, parse_discs
-
-    try:
-        discs = (
-            None if args.discs is None else parse_discs(args.discs, DATASETS[args.dataset].count)
-        )
-        files = download_oasis(
-            args.dataset,
-            args.to,
-            discs,
-            args.with_metadata,
-            args.base_url,
-            args.meta_url,
-            extract=not args.no_extract,
-            only_needed=not args.all_files,
-            retries=max(0, args.retries),
-            verbose=not args.quiet,
-        )
-    except (DownloadError, DataError, ConfigError, ValueError) as exc:
-        return _fail("download", str(exc))
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    discs = None if args.discs is None else parse_discs(args.discs, DATASETS[args.dataset].count)
+    files = download_oasis(
+        args.dataset,
+        args.to,
+        discs,
+        args.with_metadata,
+        args.base_url,
+        args.meta_url,
+        extract=not args.no_extract,
+        only_needed=not args.all_files,
+        retries=max(0, args.retries),
+        verbose=not args.quiet,
+    )
     print(f"{len(files)} file(s) ready in {args.to}")
-    return EXIT_OK
+    return 0
 
 
 # --------------------------------------------------------------------------- prepare
@@ -169,33 +162,82 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_prepare)
+    p.set_defaults(func=run_prepare, interrupted="interrupted: nothing was written")
     return p
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from oasisvq.data.prepare import prepare_oasis1
-
-    try:
-        summary = prepare_oasis1(
-            args.src,
-            args.out,
-            args.size,
-            args.fractions,
-            args.seed,
-            args.force,
-            labels=args.labels,
-            skip_bad=args.skip_bad,
-            verbose=not args.quiet,
-        )
-    except (DataError, ConfigError) as exc:
-        return _fail("prepare", str(exc))
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    summary = prepare_oasis1(
+        args.src,
+        args.out,
+        args.size,
+        args.fractions,
+        args.seed,
+        args.force,
+        labels=args.labels,
+        skip_bad=args.skip_bad,
+        verbose=not args.quiet,
+    )
     subjects, slices = summary["subjects"], summary["slices"]
     counts = ", ".join(f"{s} {subjects[s]} subjects/{slices[s]} slices" for s in subjects)
     print(f"wrote {args.out}: {counts}")
     for note in summary["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    return EXIT_OK
+    return 0
+
+
+# --------------------------------------------------------------------------- presets, data
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "name": c.name,
+            "dims": 2,
+            "grid": c.grid,
+            "codebook_size": c.quantizer.codebook_size,
+            "bits_per_image": c.bits_per_image,
+            "params": count_params(VQVAE(c)),
+            "default_epochs": c.default_epochs,
+            "description": c.description,
+        }
+        for c in PRESETS.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'name':<12}{'grid':>6}{'codes':>7}{'bits/img':>10}{'params':>11}{'epochs':>8}  description"
+    )
+    for r in rows:
+        grid = f"{r['grid']}x{r['grid']}"
+        print(
+            f"{r['name']:<12}{grid:>6}{r['codebook_size']:>7}{r['bits_per_image']:>10.0f}"
+            f"{r['params']:>11,}{r['default_epochs']:>8}  {r['description']}"
+        )
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    stats = describe(load_splits(args.data, data_options(args)))
+    if args.json:
+        print_json(stats)
+    else:
+        print(format_stats(stats))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Register presets, data, download and prepare."""
+    p = sub.add_parser("presets", help="list the VQ-VAE presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_presets)
+
+    p = sub.add_parser("data", help="print statistics of a data root")
+    p.add_argument("data", nargs="?", default=None, help="data root (default: the built-in brain)")
+    p.add_argument("--json", action="store_true")
+    add_data_options(p)
+    p.set_defaults(func=run_data)
+
+    add_download_parser(sub)
+    add_prepare_parser(sub)

@@ -1,0 +1,111 @@
+"""Measuring commands: ``evaluate``, ``reconstruct`` and ``evaluate-samples``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from oasisvq.cli.common import POSITIVE_INT, add_sampling_options, print_json, sampling_options
+from oasisvq.evaluate.reconstruction import evaluate_run, reconstruct_files
+from oasisvq.evaluate.samples import SampleEvaluation, evaluate_samples
+from oasisvq.io import run_lock
+from oasisvq.runs import Run
+
+
+def _json_path(args: argparse.Namespace) -> Path | None:
+    return Path(args.json) if args.json else None
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    run = Run.open(args.run, args.device)
+    with run_lock(run.path):
+        summary = evaluate_run(
+            run,
+            args.split,
+            args.data,
+            Path(args.out) if args.out else None,
+            _json_path(args),
+            args.batch_size,
+            args.skip_bad,
+        )
+    print_json(summary)
+    print(f"figures and per-image CSV in {args.out or run.path / f'eval-{args.split}'}")
+    return 0
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    run = Run.open(args.run, args.device)
+    out = Path(args.out)
+    summary = reconstruct_files(
+        run, Path(args.input), out, _json_path(args), args.batch_size, args.skip_bad
+    )
+    print_json(summary)
+    print(f"reconstructions, codes, figures and per-image CSV in {out}")
+    return 0
+
+
+def run_evaluate_samples(args: argparse.Namespace) -> int:
+    options = sampling_options(args)
+    settings = SampleEvaluation(
+        n=args.n, split=args.split, data_root=args.data, feature_epochs=args.feature_epochs
+    )
+    run = Run.open(args.run, args.device)
+    with run_lock(run.path):
+        summary = evaluate_samples(run, args.prior, options, settings, args.out, args.json)
+    print_json(summary)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory written by `oasisvq train`")
+    p.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable files (listed) instead of stopping"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Register evaluate, reconstruct and evaluate-samples."""
+    p = sub.add_parser(
+        "evaluate", help="measure reconstructions of a split (through the quantizer)"
+    )
+    _common(p)
+    p.add_argument(
+        "--data", default=None, help="data root (default: the one the run was trained on)"
+    )
+    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--out", default=None, help="folder for figures and CSV (default RUN/eval-SPLIT)"
+    )
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("reconstruct", help="reconstruct a folder of images or one image")
+    _common(p)
+    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_reconstruct)
+
+    p = sub.add_parser(
+        "evaluate-samples",
+        help="measure a prior and its samples: NLL, memorisation, diversity, Frechet distance",
+    )
+    p.add_argument("run", help="VQ-VAE run directory with a trained prior")
+    p.add_argument(
+        "--data", default=None, help="data root (default: the one the run was trained on)"
+    )
+    p.add_argument("--n", type=POSITIVE_INT, default=1000, help="number of samples")
+    p.add_argument("--split", default=None, help="held-out split (default: test, else validate)")
+    p.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    p.add_argument(
+        "--out", default=None, help="folder for figures (default RUN/priors/NAME/eval-samples)"
+    )
+    p.add_argument(
+        "--feature-epochs",
+        type=POSITIVE_INT,
+        default=6,
+        help="epochs of the feature network (trained once)",
+    )
+    add_sampling_options(p, "fp32")
+    p.set_defaults(func=run_evaluate_samples)

@@ -1,0 +1,149 @@
+"""Prior configurations as dataclasses and the named priors.
+
+A prior models the distribution of a VQ-VAE's code grid, ``p(codes | condition)``,
+autoregressively in raster order. The whole :class:`PriorConfig` (including what the
+data fixed at training time: grid, codebook size, class names, age statistics) is
+saved inside every checkpoint, so a prior can be rebuilt without this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from oasisvq.errors import ConfigError
+
+CONDITIONS = ("class", "position", "age")
+
+
+@dataclass
+class PriorConfig:
+    name: str
+    arch: str  # "pixelcnn" or "transformer"
+    description: str = ""
+    # --- pixelcnn (the report's layers)
+    filters: int = 128  # masked type A 7x7 conv and the type B 1x1 layers
+    first_kernel: int = 7
+    residual_blocks: int = (
+        4  # 1x1 conv -> masked type B 3x3 conv (filters // 2) -> 1x1 conv, + skip
+    )
+    head_layers: int = 4  # masked type B 1x1 conv layers after the residual blocks
+    # --- transformer (GPT-style decoder over the raster-flattened grid)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 1  # 1 = multi-query attention: a small KV cache makes 32x32 sampling cheap
+    mlp_ratio: int = 4
+    dropout: float = 0.1  # on embeddings and residual branches; none on attention weights
+    # --- data: also train on the codes of the left-right mirrored training images
+    mirror: bool = False
+    # --- conditioning: any of "class", "position", "age"; () is unconditional
+    condition: tuple[str, ...] = ()
+    cond_dropout: float = (
+        0.1  # training: share of examples whose condition is replaced by "unknown"
+    )
+    # --- training defaults (TrainConfig fields)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    # --- fixed by the data and the VQ-VAE when training starts
+    codebook_size: int = 0
+    grid: tuple[int, int] = (0, 0)  # (h, w)
+    class_names: tuple[str, ...] = ()
+    age_mean: float = 0.0
+    age_std: float = 1.0
+
+    @property
+    def cells(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PriorConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for key in ("condition", "grid", "class_names"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+PRIORS: dict[str, PriorConfig] = {
+    cfg.name: cfg
+    for cfg in [
+        PriorConfig(
+            name="pixelcnn-seed",
+            arch="pixelcnn",
+            description="The report's PixelCNN (its table): one-hot input, masked 7x7 type A conv (128), "
+            "4 residual blocks (1x1, masked 3x3 type B with 64, 1x1), 4 masked 1x1 type B layers (128).",
+            residual_blocks=4,
+            head_layers=4,
+            epochs=30,
+            batch_size=128,
+            lr=3e-4,
+            weight_decay=0.0,
+        ),
+        PriorConfig(
+            name="pixelcnn-seed-code",
+            arch="pixelcnn",
+            description="The report's PixelCNN as its code had it: 2 residual blocks and 2 masked 1x1 layers.",
+            residual_blocks=2,
+            head_layers=2,
+            epochs=30,
+            batch_size=128,
+            lr=3e-4,
+            weight_decay=0.0,
+        ),
+        PriorConfig(
+            name="transformer",
+            arch="transformer",
+            description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
+            "embeddings, conditions as the start token, multi-query attention with a KV cache for "
+            "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=1,
+            dropout=0.1,
+            epochs=60,
+            batch_size=64,
+            lr=1e-3,
+            weight_decay=0.05,
+        ),
+    ]
+}
+
+
+def get_prior_config(name: str, **overrides: object) -> PriorConfig:
+    """A copy of named prior ``name`` with ``overrides`` (PriorConfig fields; None is ignored)."""
+    if name not in PRIORS:
+        raise ConfigError(f"unknown prior {name!r}; known priors: {', '.join(PRIORS)}")
+    known = {f.name for f in fields(PriorConfig)}
+    bad = sorted(k for k in overrides if k not in known)
+    if bad:
+        raise ConfigError(
+            f"unknown prior option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}"
+        )
+    set_ = {k: v for k, v in overrides.items() if v is not None}
+    if "condition" in set_:
+        set_["condition"] = parse_condition(set_["condition"])
+    return replace(PRIORS[name], **set_)
+
+
+def parse_condition(value: object) -> tuple[str, ...]:
+    """``"class,position"`` / ``["class"]`` / ``"none"`` -> a validated tuple of conditions."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+    out = tuple(dict.fromkeys(s.strip() for s in items if s.strip() and s.strip() != "none"))
+    bad = [c for c in out if c not in CONDITIONS]
+    if bad:
+        raise ConfigError(
+            f"unknown condition(s) {', '.join(bad)}; choose from {', '.join(CONDITIONS)}"
+        )
+    return out
+
+
+__all__ = ["CONDITIONS", "PRIORS", "PriorConfig", "get_prior_config", "parse_condition"]
