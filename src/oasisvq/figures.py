@@ -27,6 +27,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 from oasisvq.io import atomic_write
+from oasisvq.metrics import ssim
 
 DPI = 150
 IMAGE_CMAP = "gray"
@@ -149,8 +150,6 @@ def _ssim_scores(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarr
     """Per-image SSIM (project definition) or ``None`` when images are too small."""
     if min(originals.shape[1:]) < 11:
         return None
-    from oasisvq.metrics import ssim
-
     x = torch.from_numpy(originals)[:, None]
     y = torch.from_numpy(reconstructions)[:, None]
     with torch.no_grad():

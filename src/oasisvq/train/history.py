@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from oasisvq.figures import curves_figure
 from oasisvq.io import atomic_write, write_json
 
 
@@ -39,7 +40,7 @@ class History:
 
     def _write_tensorboard(self, row: dict) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # slow import, optional package
         except ImportError:  # tensorboard missing: CSV and PNG still written
             return
         if self._tb is None:
@@ -50,8 +51,6 @@ class History:
         self._tb.flush()
 
     def _write_plot(self) -> None:
-        from oasisvq.figures import curves_figure
-
         curves_figure(self.rows, self.run_dir / "curves.png")
 
     def close(self) -> None:
