@@ -70,31 +70,30 @@ class PriorConfig:
         return cls(**d)
 
 
+# the report's PixelCNN, trained as the report trained it
+PIXELCNN_SEED = PriorConfig(
+    name="pixelcnn-seed",
+    arch="pixelcnn",
+    description="The report's PixelCNN (its table): one-hot input, masked 7x7 type A conv (128), "
+    "4 residual blocks (1x1, masked 3x3 type B with 64, 1x1), 4 masked 1x1 type B layers (128).",
+    residual_blocks=4,
+    head_layers=4,
+    epochs=30,
+    batch_size=128,
+    lr=3e-4,
+    weight_decay=0.0,
+)
+
 PRIORS: dict[str, PriorConfig] = {
     cfg.name: cfg
     for cfg in [
-        PriorConfig(
-            name="pixelcnn-seed",
-            arch="pixelcnn",
-            description="The report's PixelCNN (its table): one-hot input, masked 7x7 type A conv (128), "
-            "4 residual blocks (1x1, masked 3x3 type B with 64, 1x1), 4 masked 1x1 type B layers (128).",
-            residual_blocks=4,
-            head_layers=4,
-            epochs=30,
-            batch_size=128,
-            lr=3e-4,
-            weight_decay=0.0,
-        ),
-        PriorConfig(
+        PIXELCNN_SEED,
+        replace(
+            PIXELCNN_SEED,
             name="pixelcnn-seed-code",
-            arch="pixelcnn",
             description="The report's PixelCNN as its code had it: 2 residual blocks and 2 masked 1x1 layers.",
             residual_blocks=2,
             head_layers=2,
-            epochs=30,
-            batch_size=128,
-            lr=3e-4,
-            weight_decay=0.0,
         ),
         PriorConfig(
             name="transformer",
