@@ -9,8 +9,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from oasisvq.data.options import DataOptions
 from oasisvq.evaluate.reconstruction import evaluate_run
+from oasisvq.figures import image_grid
 from oasisvq.prior.base import SamplingOptions
 from oasisvq.runs import Run
 from oasisvq.sample.write import sample_to_folder
@@ -55,11 +58,20 @@ def run_demo(
     print(json.dumps(summary, indent=2))
     if settings.prior is not None:
         train_prior(out, data, settings.prior, epochs=settings.prior_epochs)
+        run = Run.open(out, "auto")
         sample_to_folder(
-            Run.open(out, "auto"),
-            settings.n_samples,
-            out / "samples",
-            settings.prior,
-            SamplingOptions(seed=0),
+            run, settings.n_samples, out / "samples", settings.prior, SamplingOptions(seed=0)
         )
+        real_beside_samples(run, split, out / "samples" / "codes.npy", out / "demo.png")
     return summary
+
+
+def real_beside_samples(run: Run, split: str, codes: Path, path: Path, n: int = 8) -> Path:
+    """A figure of ``n`` held-out slices (top row) above ``n`` samples (bottom row)."""
+    real = np.asarray(run.split(split).images, np.float32) / 255.0
+    real = real[np.linspace(0, len(real) - 1, min(n, len(real))).round().astype(int)]
+    samples = run.decode(np.load(codes)[:n]).numpy()
+    titles = ["held-out"] * len(real) + ["sample"] * len(samples)
+    return image_grid(
+        np.concatenate([real, samples]), path, ncol=max(len(real), len(samples)), titles=titles
+    )
