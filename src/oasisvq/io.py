@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,6 +75,33 @@ def dumps(value: object) -> str:
 def write_json(path: Path | str, value: object) -> Path:
     """Write ``value`` as strict JSON to ``path`` atomically."""
     return write_text(path, dumps(value) + "\n")
+
+
+def check_writable(folder: Path | str, need_bytes: int = 0) -> Path:
+    """Prove that files can be written in ``folder`` (created if missing) before long
+    work starts: a probe file is created and removed. A file in the way, a read-only
+    folder or file system, or less than ``need_bytes`` free is an ``OutputError``."""
+    folder = Path(folder)
+    probe = folder / f".oasisvq-probe-{os.getpid()}"
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())  # a full disk may only refuse the write-back
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise output_error(folder, exc) from exc
+    if free < need_bytes:
+        raise OutputError(
+            f"{folder}: cannot write: {free / 2**20:.0f} MiB free, {need_bytes / 2**20:.0f} MiB needed"
+        )
+    return folder
 
 
 def read_json(path: Path | str, what: str = "JSON file") -> object:
