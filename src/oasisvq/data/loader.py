@@ -20,7 +20,7 @@ import numpy as np
 
 from oasisvq.data.slices import SliceSet, Splits
 from oasisvq.errors import DataError
-from oasisvq.io import exclusive
+from oasisvq.io import dumps, exclusive
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _save(folder: Path, splits: Splits) -> None:
             "class_names": s.class_names,
             "skipped": s.skipped,
         }
-    (tmp / "meta.json").write_text(json.dumps(meta))
+    (tmp / "meta.json").write_text(dumps(meta))
     try:
         os.replace(tmp, folder)
     except OSError:  # another process (another rank) won the race: keep theirs

@@ -336,14 +336,25 @@ class Engine:
         p = self._partial
         return {
             "steps": p["steps"] + self.step_in_epoch - self._skip,
-            "sums": {
-                k: p["sums"].get(k, 0.0) + float(D.all_reduce_sum(v.detach().clone())) / world
-                for k, v in sums.items()
+            "sums": {  # they start from the resumed epoch's (see _carried_sums)
+                k: float(D.all_reduce_sum(v.detach().clone())) / world for k, v in sums.items()
             },
             "images": p["images"]
             + int(D.all_reduce_sum(torch.tensor(float(n_images), device=self.device))),
             "seconds": p["seconds"] + seconds,
             "task": self.task.epoch_state() if hasattr(self.task, "epoch_state") else None,
+        }
+
+    def _carried_sums(self) -> dict[str, Tensor]:
+        """The running log sums a resumed epoch continues from: its earlier steps' sums
+        (averages over ranks, hence times W on rank 0 alone), in float32 like the sums, so
+        that one process adds the same numbers in the same order as without the resume."""
+        if D.rank() != 0:
+            return {}
+        world = D.world_size()
+        return {
+            k: torch.tensor(v * world, dtype=torch.float32, device=self.device)
+            for k, v in self._partial["sums"].items()
         }
 
     def train_epoch(self) -> dict[str, float]:
@@ -353,7 +364,7 @@ class Engine:
             self.task.load_epoch_state(self._partial["task"])
         self._skip = self.step_in_epoch  # steps done before a resume
         loader = self._loader(self.epoch, skip=self._skip)
-        sums: dict[str, Tensor] = {}
+        sums = self._carried_sums()
         n_images, start = 0, time.perf_counter()
         bar = tqdm(
             loader,
