@@ -229,3 +229,12 @@ def test_kill_9_then_resume_is_bit_identical(toy_reference: Path, tmp_path: Path
     _kill_when(run, moment, tmp_path / "log.txt")
     train_toy(run, resume=True)
     assert_same_run(run, toy_reference)
+
+
+def test_a_run_folder_that_cannot_be_written_fails_before_training(tmp_path: Path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(Engine, "_step", lambda self, batch: trained.append(1))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="a file stands where a folder is expected"):
+        train_toy(tmp_path / "file")
+    assert trained == []

@@ -135,7 +135,7 @@ def codes_fingerprint(run_dir: Path) -> str:
     ckpt = checkpoint.latest(Path(run_dir))
     if ckpt is None:
         return "none"
-    shared = json.loads((ckpt / "config.json").read_text()).get("finetune", {}).get("codes")
+    shared = checkpoint.load_config(ckpt).get("finetune", {}).get("codes")
     return shared or vqvae_fingerprint(run_dir)
 
 

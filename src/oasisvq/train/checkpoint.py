@@ -15,6 +15,7 @@ the newest complete folder (by its epoch and step) is what :func:`latest` return
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -168,7 +169,9 @@ def candidates(run_dir: Path | str) -> list[Path]:
     found = []
     for p in folders:
         key = progress(p)
-        if key is not None and (p / WEIGHTS).is_file() and (p / CONFIG).is_file():
+        if key is None or not ((p / WEIGHTS).is_file() and (p / CONFIG).is_file()):
+            continue
+        with contextlib.suppress(OSError):  # pruned by a training while we look
             found.append((key, p.stat().st_mtime_ns, p))
     return [p for *_, p in sorted(found, reverse=True)]
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from oasisvq.errors import Interrupted, RunError
-from oasisvq.io import write_json
+from oasisvq.io import check_writable, write_json
 from oasisvq.train import checkpoint
 from oasisvq.train import distributed as D
 from oasisvq.train.config import TrainConfig
@@ -145,8 +145,8 @@ class Engine:
     def __init__(self, task: Task, cfg: TrainConfig, run_dir: Path, config: dict) -> None:
         D.init_from_env(cfg.device)
         self.task, self.cfg, self.run_dir, self.config = task, cfg, Path(run_dir), config
-        if D.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if D.is_main():  # a folder that cannot be written fails now, not after an epoch
+            check_writable(self.run_dir)
         self.device = D.pick_device(cfg.device)
         self.amp = D.amp_dtype(cfg.amp, self.device)
         seed_everything(cfg.seed)
@@ -220,9 +220,9 @@ class Engine:
             except RunError as exc:
                 damaged.append(str(exc))
                 continue
-            for line in damaged:
-                print(f"warning: passed over {line}", file=sys.stderr)
             if D.is_main():
+                for line in damaged:
+                    print(f"warning: passed over {line}", file=sys.stderr)
                 print(f"resuming {self.run_dir} from {ckpt.name}", file=sys.stderr)
             self.resumed_from = ckpt
             return True
