@@ -43,3 +43,14 @@ def _isolated_cache(
 @pytest.fixture
 def tiny_tree(tmp_path: Path) -> Path:
     return write_tree(tmp_path / "data", {"train": 24, "validate": 8, "test": 8})
+
+
+@pytest.fixture(scope="session")
+def toy_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of tests/trust_toy.py (3 epochs of 5 steps, a step checkpoint
+    every 2 steps), for resumed runs to equal."""
+    from trust_toy import train_toy
+
+    run = tmp_path_factory.mktemp("toy") / "run"
+    train_toy(run)
+    return run

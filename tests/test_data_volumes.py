@@ -355,8 +355,9 @@ def test_explicit_mask_folder_requires_a_mask_per_volume(tmp_path):
     sorted(masks.iterdir())[0].unlink()
     with pytest.raises(DataError, match="no mask"):
         load_volume_tree(tmp_path, DataOptions(size=16, mask=str(masks)))
-    splits = load_volume_tree(tmp_path, DataOptions(size=16, mask=str(masks), skip_bad=True))
-    assert sum(len(s.skipped) for s in splits.values()) == 1
+    # three subjects, one per split: skipping the bad one would leave its split empty
+    with pytest.raises(DataError, match="split '.*' would be empty"):
+        load_volume_tree(tmp_path, DataOptions(size=16, mask=str(masks), skip_bad=True))
 
 
 def write_participants(root: Path, rows: list[dict]) -> None:
@@ -399,7 +400,7 @@ def test_participants_without_split_give_ages_only(tmp_path):
 
 
 def test_bad_volume_raises_or_is_skipped(tmp_path):
-    ixi_tree(tmp_path, n=4)
+    subjects = ixi_tree(tmp_path, n=4)
     bad = tmp_path / "t1" / "IXI999-HH-9999_T1.nii.gz"
     data = ras_head()
     data[5, 5, 5] = np.nan
@@ -407,9 +408,21 @@ def test_bad_volume_raises_or_is_skipped(tmp_path):
     with pytest.raises(DataError, match="NaN") as err:
         load_volume_tree(tmp_path, DataOptions(size=16))
     assert Path(err.value.path).resolve() == bad.resolve()
-    splits = load_volume_tree(tmp_path, DataOptions(size=16, skip_bad=True))
-    skipped = [line for s in splits.values() for line in s.skipped]
-    assert len(skipped) == 1 and bad.name in skipped[0] and "NaN" in skipped[0]
+    # 5 subjects: each of validate and test gets one, so the skip would empty a split
+    bad_id = subject_id(bad)
+    opts = DataOptions(size=16, skip_bad=True)
+    home = split_subjects([*subjects, bad_id], opts.split_fractions, opts.split_seed)[bad_id]
+    assert home != "train"
+    with pytest.raises(DataError, match=f"split '{home}' would be empty") as err:
+        load_volume_tree(tmp_path, opts)
+    assert bad.name in str(err.value) and "NaN" in str(err.value)
+    # with two subjects per split the skip is listed in the bad volume's own split
+    opts = DataOptions(size=16, skip_bad=True, split_fractions=(0.2, 0.4, 0.4))
+    home = split_subjects([*subjects, bad_id], opts.split_fractions, opts.split_seed)[bad_id]
+    splits = load_volume_tree(tmp_path, opts)
+    skipped = {name: sp.skipped for name, sp in splits.items() if sp.skipped}
+    assert list(skipped) == [home] and len(skipped[home]) == 1
+    assert bad.name in skipped[home][0] and "NaN" in skipped[home][0]
     assert all("IXI999" not in s for sp in splits.values() for s in sp.subjects)
 
 

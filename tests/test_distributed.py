@@ -23,6 +23,8 @@ import torch.distributed as dist
 from conftest import write_tree
 from safetensors.torch import load_file
 
+from oasisvq.runs import checkpoint
+
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available() or not dist.is_gloo_available(),
     reason="needs torch.distributed with gloo (and POSIX signals)",
@@ -88,7 +90,7 @@ def _finish(proc: subprocess.Popen, log: Path) -> None:
 
 
 def _rank_state(probe: Path, rank: int) -> dict:
-    return torch.load(probe / f"rank-{rank}.pt", weights_only=False)
+    return torch.load(probe / f"rank-{rank}.pt", weights_only=True)
 
 
 def _epochs(run: Path) -> list[int]:
@@ -141,7 +143,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     saved = load_file(str(two_run / "checkpoints" / "epoch-0002" / "model.safetensors"))
     for name, value in r0["state"].items():
         assert torch.equal(value, saved[name]), f"{name}: checkpoint is not rank 0's model"
-    state = torch.load(two_run / "checkpoints" / "epoch-0002" / "state.pt", weights_only=False)
+    state = checkpoint.load_state(two_run / "checkpoints" / "epoch-0002")
     assert (state["world_size"], state["global_batch"], state["epoch"]) == (2, 8, 2)
 
     # 2 processes x 4 images == 1 process x 8 images, up to float rounding
@@ -225,7 +227,7 @@ def test_killed_distributed_run_resumes_with_another_process_count(
     assert epoch == 0 and step == int(killed_at.rsplit("-", 1)[1]) >= 1
     assert _epochs(run) == [1, 2]
     assert _latest(run) == "epoch-0002"
-    state = torch.load(run / "checkpoints" / "epoch-0002" / "state.pt", weights_only=False)
+    state = checkpoint.load_state(run / "checkpoints" / "epoch-0002")
     assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (
         2,
         0,
@@ -240,7 +242,7 @@ def test_killed_distributed_run_resumes_with_another_process_count(
     assert [(probe / f"resumed-{r}").read_text() for r in (0, 1)] == ["2 0", "2 0"]
     assert _epochs(run) == [1, 2, 3]
     assert _latest(run) == "epoch-0003"
-    state = torch.load(run / "checkpoints" / "epoch-0003" / "state.pt", weights_only=False)
+    state = checkpoint.load_state(run / "checkpoints" / "epoch-0003")
     assert (state["epoch"], state["step_in_epoch"], state["world_size"], state["global_batch"]) == (
         3,
         0,

@@ -51,3 +51,10 @@ class OutputError(OasisError):
     """An output that cannot be written: read-only folder, full disk, a file in the way."""
 
     exit_code = 5
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a training, with what can be done now: the checkpoint a ``--resume``
+    would continue from, or that there is none yet. The CLI prints ``str(exc)``."""
+
+    exit_code = 130

@@ -77,6 +77,33 @@ def write_json(path: Path | str, value: object) -> Path:
     return write_text(path, dumps(value) + "\n")
 
 
+def check_writable(folder: Path | str, need_bytes: int = 0) -> Path:
+    """Prove that files can be written in ``folder`` (created if missing) before long
+    work starts: a probe file is created and removed. A file in the way, a read-only
+    folder or file system, or less than ``need_bytes`` free is an ``OutputError``."""
+    folder = Path(folder)
+    probe = folder / f".oasisvq-probe-{os.getpid()}"
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())  # a full disk may only refuse the write-back
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise output_error(folder, exc) from exc
+    if free < need_bytes:
+        raise OutputError(
+            f"{folder}: cannot write: {free / 2**20:.0f} MiB free, {need_bytes / 2**20:.0f} MiB needed"
+        )
+    return folder
+
+
 def read_json(path: Path | str, what: str = "JSON file") -> object:
     """Parse ``path``; a missing or damaged file is a ``RunError`` naming it."""
     path = Path(path)
@@ -167,13 +194,3 @@ def fresh_output_dir(out: Path | str, force: bool, marker: str) -> Path:
         raise output_error(out, exc) from exc
     check_writable(out)
     return out
-
-
-def check_writable(folder: Path | str) -> None:
-    """Prove that ``folder`` takes a file now, before long work starts."""
-    probe = Path(folder) / f".write-test.{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise output_error(folder, exc) from exc

@@ -13,7 +13,7 @@ import os
 import sys
 
 from oasisvq.cli import data, evaluate, prior, train
-from oasisvq.errors import OasisError
+from oasisvq.errors import Interrupted, OasisError
 
 COMMAND_MODULES = (data, train, prior, evaluate)
 EXIT_INTERRUPTED = 130
@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     except OasisError as exc:
         print(f"oasisvq {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:  # a training: says which checkpoint a --resume continues
+        print(f"oasisvq {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        message = getattr(
-            args, "interrupted", "interrupted: the last completed checkpoint, if any, is kept"
-        )
-        print(message, file=sys.stderr)
+        print(getattr(args, "interrupted", "interrupted"), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader went away (`oasisvq data | head`): stop quietly, as a Unix tool does

@@ -4,60 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections.abc import Callable
 
+from oasisvq.cli import args as A
 from oasisvq.data.options import DataOptions
 from oasisvq.io import dumps
 from oasisvq.prior.base import SamplingOptions
 from oasisvq.train import distributed as D
 
 
-def number(
-    kind: type, low: float | None = None, high: float | None = None
-) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` (int or float) in ``[low, high]``; the message
-    names the accepted range."""
-    what = "a whole number" if kind is int else "a finite number"
-    bounds = " and ".join(
-        s
-        for s in (
-            f">= {low:g}" if low is not None else "",
-            f"<= {high:g}" if high is not None else "",
-        )
-        if s
-    )
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if (
-            value is None
-            or not math.isfinite(value)
-            or (low is not None and value < low)
-            or (high is not None and value > high)
-        ):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {what} {bounds}".rstrip())
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-POSITIVE_INT = number(int, 1)
-NON_NEGATIVE_INT = number(int, 0)
-POSITIVE_FLOAT = number(float, 1e-12)
-NON_NEGATIVE_FLOAT = number(float, 0)
-SEED = number(int, 0, 2**63 - 1)
-
-
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
         "--size",
-        type=number(int, 16, 1024),
+        type=A.size,
         default=None,
         help="square image size (default: the preset's)",
     )
@@ -88,19 +47,20 @@ def data_options(args: argparse.Namespace, size: int = 128) -> DataOptions:
 def add_training_options(p: argparse.ArgumentParser, run: str) -> None:
     """The engine's options, shared by the training commands (``run``: what ``--resume``
     continues and ``--force`` replaces)."""
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=None, help="global batch size")
-    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help="learning rate (> 0)")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--batch-size", type=A.batch_size, default=None, help="global batch size")
+    p.add_argument("--lr", type=A.lr, default=None, help="learning rate (> 0)")
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
         "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast precision"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=A.workers, default=0, help="DataLoader worker processes")
     p.add_argument(
-        "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader worker processes"
-    )
-    p.add_argument(
-        "--checkpoint-every", type=NON_NEGATIVE_INT, default=0, help="also checkpoint every N steps"
+        "--checkpoint-every",
+        type=A.checkpoint_every,
+        default=0,
+        help="also checkpoint every N steps",
     )
     p.add_argument("--resume", action="store_true", help=f"continue {run}")
     p.add_argument("--force", action="store_true", help=f"replace {run} (only a run of this tool)")
@@ -126,29 +86,32 @@ def add_sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
     )
     p.add_argument(
         "--temperature",
-        type=NON_NEGATIVE_FLOAT,
+        type=A.temperature,
         default=1.0,
         help="softmax temperature (0 = most likely code)",
     )
     p.add_argument(
-        "--top-k", type=POSITIVE_INT, default=None, help="draw among the K most likely codes only"
+        "--top-k", type=A.top_k, default=None, help="draw among the K most likely codes only"
     )
     p.add_argument(
         "--guidance",
-        type=NON_NEGATIVE_FLOAT,
+        type=A.guidance,
         default=1.0,
         help="classifier-free guidance of a conditional prior: 1 = none (default), 0 = the "
         "marginal, above 1 = further towards the condition",
     )
     p.add_argument(
-        "--steps", type=POSITIVE_INT, default=None, help="parallel decoding steps (masked priors)"
+        "--steps", type=A.count, default=None, help="parallel decoding steps (masked priors)"
     )
     p.add_argument(
-        "--seed", type=SEED, default=0, help="random seed (same seed and batch size, same samples)"
+        "--seed",
+        type=A.seed,
+        default=0,
+        help="random seed (same seed and batch size, same samples)",
     )
     p.add_argument(
         "--batch-size",
-        type=POSITIVE_INT,
+        type=A.batch_size,
         default=None,
         help="grids drawn at once (default: by grid size)",
     )

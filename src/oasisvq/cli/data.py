@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from oasisvq.cli import args as A
 from oasisvq.cli.common import add_data_options, data_options, print_json
 from oasisvq.data.download import (
     DATASETS,
@@ -141,7 +142,9 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument(
         "--to", dest="out", type=Path, required=True, metavar="OUT", help="folder to create"
     )
-    p.add_argument("--size", type=int, default=256, help="side of the square slices (default 256)")
+    p.add_argument(
+        "--size", type=A.size, default=256, help="side of the square slices (default 256)"
+    )
     p.add_argument(
         "--fractions",
         type=_fractions,
@@ -149,7 +152,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         metavar="T,V,S",
         help="train,validate,test shares of the subjects (default 0.8,0.1,0.1)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the subject split (default 0)")
+    p.add_argument("--seed", type=A.seed, default=0, help="seed of the subject split (default 0)")
     p.add_argument(
         "--labels",
         type=Path,

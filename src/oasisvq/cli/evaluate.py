@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oasisvq.cli.common import POSITIVE_INT, add_sampling_options, print_json, sampling_options
+from oasisvq.cli import args as A
+from oasisvq.cli.common import add_sampling_options, print_json, sampling_options
 from oasisvq.evaluate.reconstruction import evaluate_run, reconstruct_files
 from oasisvq.evaluate.samples import SampleEvaluation, evaluate_samples
 from oasisvq.io import run_lock
@@ -59,7 +60,7 @@ def run_evaluate_samples(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by `oasisvq train`")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    p.add_argument("--batch-size", type=A.batch_size, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable files (listed) instead of stopping"
@@ -95,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=None, help="data root (default: the one the run was trained on)"
     )
-    p.add_argument("--n", type=POSITIVE_INT, default=1000, help="number of samples")
+    p.add_argument("--n", type=A.count, default=1000, help="number of samples")
     p.add_argument("--split", default=None, help="held-out split (default: test, else validate)")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     p.add_argument(
@@ -103,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--feature-epochs",
-        type=POSITIVE_INT,
+        type=A.epochs,
         default=6,
         help="epochs of the feature network (trained once)",
     )

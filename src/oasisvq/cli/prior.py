@@ -12,12 +12,11 @@ import argparse
 import dataclasses
 import json
 
+from oasisvq.cli import args as A
 from oasisvq.cli.common import (
-    POSITIVE_INT,
     add_sampling_options,
     add_training_options,
     engine_options,
-    number,
     print_json,
     print_last_epoch,
     sampling_options,
@@ -111,16 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--name", default=None, help="name of the prior run in RUN/priors/ (default: --prior)"
     )
-    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="default: the prior's")
+    p.add_argument("--epochs", type=A.epochs, default=None, help="default: the prior's")
     p.add_argument(
         "--condition", default=None, help="comma-separated: class, position, age (default: none)"
     )
-    p.add_argument(
-        "--residual-blocks", type=POSITIVE_INT, default=None, help="PixelCNN residual blocks"
-    )
-    p.add_argument(
-        "--head-layers", type=POSITIVE_INT, default=None, help="PixelCNN masked 1x1 layers"
-    )
+    p.add_argument("--residual-blocks", type=A.count, default=None, help="PixelCNN residual blocks")
+    p.add_argument("--head-layers", type=A.count, default=None, help="PixelCNN masked 1x1 layers")
     p.add_argument(
         "--option",
         type=_option,
@@ -142,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(images beside their codes) and OUT/sample.json (the settings used).",
     )
     p.add_argument("run", help="VQ-VAE run directory with a trained prior")
-    p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of samples")
+    p.add_argument("--n", type=A.count, default=64, help="number of samples")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--force", action="store_true", help="replace an earlier sample folder in --out")
     add_sampling_options(p, "auto")
@@ -153,13 +148,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--position",
         "--slice-pos",
         dest="position",
-        type=number(float, 0, 1),
+        type=A.position,
         default=None,
         help="normalised slice position in [0, 1] (position-conditional prior)",
     )
     p.add_argument(
         "--age",
-        type=number(float, 0, 150),
+        type=A.age,
         default=None,
         help="age in years (age-conditional prior)",
     )

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from oasisvq.cli import args as A
 from oasisvq.cli.common import (
-    NON_NEGATIVE_FLOAT,
-    NON_NEGATIVE_INT,
-    POSITIVE_INT,
     add_data_options,
     add_training_options,
     data_options,
     engine_options,
-    number,
     print_last_epoch,
 )
 from oasisvq.pipeline import DemoSettings, run_demo
@@ -72,11 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument(
-        "--epochs", type=POSITIVE_INT, default=None, help="default: the preset's default_epochs"
+        "--epochs", type=A.epochs, default=None, help="default: the preset's default_epochs"
     )
     p.add_argument(
         "--codebook-size",
-        type=number(int, 2, 65536),
+        type=A.codebook_size,
         default=None,
         help="override the preset's number of codes",
     )
@@ -94,17 +91,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="VQ-VAE run directory written by `oasisvq train`")
     p.add_argument("--out", required=True, help="the new run directory")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="default 10")
+    p.add_argument("--epochs", type=A.epochs, default=None, help="default 10")
     p.add_argument(
         "--adversarial-weight",
-        type=NON_NEGATIVE_FLOAT,
+        type=A.weight,
         default=0.01,
         help="weight of the discriminator's term beside the reconstruction loss (0: none; "
         "default 0.01)",
     )
     p.add_argument(
         "--adversarial-start",
-        type=NON_NEGATIVE_INT,
+        type=A.checkpoint_every,
         default=260,
         help="optimizer steps the discriminator trains alone before its term joins the "
         "decoder's loss (default 260)",
@@ -122,13 +119,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--preset", default=defaults.preset)
-    p.add_argument("--epochs", type=POSITIVE_INT, default=defaults.epochs)
+    p.add_argument("--epochs", type=A.epochs, default=defaults.epochs)
     p.add_argument(
         "--prior", default=defaults.prior, help="prior to train after the VQ-VAE ('none' to skip)"
     )
-    p.add_argument("--prior-epochs", type=POSITIVE_INT, default=defaults.prior_epochs)
+    p.add_argument("--prior-epochs", type=A.epochs, default=defaults.prior_epochs)
     p.add_argument(
-        "--n", type=POSITIVE_INT, default=defaults.n_samples, help="number of brains to sample"
+        "--n", type=A.count, default=defaults.n_samples, help="number of brains to sample"
     )
     p.add_argument("--force", action="store_true", help="replace an earlier demo run in --out")
     p.set_defaults(func=run_demo_command)

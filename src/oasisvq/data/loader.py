@@ -21,7 +21,7 @@ from oasisvq.data import builtin, oasis_png, tree, volumes
 from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet, Splits
 from oasisvq.errors import DataError
-from oasisvq.io import exclusive
+from oasisvq.io import dumps, exclusive
 
 
 def detect_layout(root: Path) -> str:
@@ -55,7 +55,7 @@ def _read(root: Path | None, opts: DataOptions) -> Splits:
     return volumes.load_volume_tree(root, opts)
 
 
-CACHE_VERSION = 1  # bump when decoding, slicing or normalisation changes
+CACHE_VERSION = 2  # bump when decoding, slicing or normalisation changes
 
 
 def cache_dir() -> Path:
@@ -87,7 +87,7 @@ def _save(folder: Path, splits: Splits) -> None:
             "class_names": s.class_names,
             "skipped": s.skipped,
         }
-    (tmp / "meta.json").write_text(json.dumps(meta))
+    (tmp / "meta.json").write_text(dumps(meta))
     try:
         os.replace(tmp, folder)
     except OSError:  # another process (another rank) won the race: keep theirs

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import json
 import math
 import os
 import re
@@ -47,6 +46,7 @@ from oasisvq.data.volumes import (
     voxel_axis,
 )
 from oasisvq.errors import ConfigError, DataError
+from oasisvq.io import dumps
 
 IMAGE_GLOB = "PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc.img"
 SEG_GLOB = "FSL_SEG/*_fseg.img"
@@ -308,7 +308,7 @@ def prepare_oasis1(
             write_labels(tmp / "labels.csv", written, splits)
             summary = _summary(tmp, out, src, written, splits, table_path, notes)
             summary.update(size=size, fractions=list(fractions), seed=seed)
-            (tmp / "prepare.json").write_text(json.dumps(summary, indent=2))
+            (tmp / "prepare.json").write_text(dumps(summary) + "\n")
             _publish(tmp, out, force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

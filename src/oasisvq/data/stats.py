@@ -51,13 +51,15 @@ def describe_split(s: SliceSet) -> dict:
         "age_min": age_min,
         "age_max": age_max,
         "skipped": len(s.skipped),
+        "skipped_files": list(s.skipped),
     }
 
 
 def describe(splits: Splits) -> dict:
     """``{split: {count, classes: {name: count}, subjects, size, min, max, mean,
-    age_min, age_max, skipped}}``. Intensities are uint8 pixel values (0..255);
-    unknown values are None; ``classes`` uses ``"(none)"`` for unlabelled slices."""
+    age_min, age_max, skipped, skipped_files}}``. Intensities are uint8 pixel values
+    (0..255); unknown values are None; ``classes`` uses ``"(none)"`` for unlabelled
+    slices; ``skipped_files`` are the ``"path: reason"`` lines of the files skipped."""
     return {name: describe_split(s) for name, s in splits.items()}
 
 
@@ -67,7 +69,7 @@ def _fmt(value: object, spec: str = "") -> str:
 
 def format_stats(d: dict) -> str:
     """A plain-text table of :func:`describe` output, one row per split, then the
-    per-class counts when any slice has a class."""
+    per-class counts when any slice has a class, then every skipped file."""
     header = ("split", "slices", "subjects", "size", "min", "max", "mean", "ages", "skipped")
     rows = [header]
     for name, s in d.items():
@@ -94,6 +96,10 @@ def format_stats(d: dict) -> str:
             for n, s in d.items()
         ]
         lines += ["", "slices per class:", *_table(rows)]
+    skipped = [(n, line) for n, s in d.items() for line in s.get("skipped_files", [])]
+    if skipped:
+        lines += ["", f"skipped files ({len(skipped)}):"]
+        lines += [f"  {name}: {line}" for name, line in skipped]
     return "\n".join(lines)
 
 

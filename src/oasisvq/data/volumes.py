@@ -498,6 +498,9 @@ def load_volume_tree(root: Path, opts: DataOptions) -> Splits:
     return _build_splits(root, parts, skipped)
 
 
+NO_SPLIT = ""  # key of the skipped lines of subjects that have no split
+
+
 def _assign(
     images: list[Path], table: dict, table_path: Path, opts: DataOptions
 ) -> tuple[dict[Path, str], dict[str, list[str]]]:
@@ -513,7 +516,7 @@ def _assign(
             exc = DataError(path, f"subject {subj!r} has no row in {table_path}")
             if not opts.skip_bad:
                 raise exc
-            skipped.setdefault("train", []).append(str(exc))
+            skipped.setdefault(NO_SPLIT, []).append(str(exc))
         return out, skipped
     by_subject = split_subjects(list(subjects.values()), opts.split_fractions, opts.split_seed)
     return {p: by_subject[s] for p, s in subjects.items()}, skipped
@@ -556,10 +559,15 @@ def _build_splits(
         )
     if not splits:
         raise DataError(root, "no readable volumes (all skipped)" + _first(skipped))
-    first = next(iter(splits.values()))
-    for name, lines in skipped.items():  # lines of splits left empty go to the first split
-        if name not in splits:
-            first.skipped.extend(lines)
+    for name in SPLIT_NAMES:
+        if name not in splits and skipped.get(name):
+            raise DataError(
+                root,
+                f"split '{name}' would be empty: all its {len(skipped[name])} volume(s) were "
+                f"skipped{_first({name: skipped[name]})}",
+            )
+    # subjects without a split (no row in participants.csv) are listed with the first split
+    next(iter(splits.values())).skipped.extend(skipped.get(NO_SPLIT, []))
     return splits
 
 

@@ -236,7 +236,7 @@ def feature_net(
             "data": data_options,
         }
         # an interrupted training continues
-        train_task(lambda: FeatureTask(model, train, val, cfg.batch_size), cfg, out, config, True)
+        train_task(lambda: FeatureTask(model, train, val, cfg.batch_size), cfg, out, config, "auto")
         return model.cpu().eval()
 
 

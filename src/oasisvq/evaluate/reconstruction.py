@@ -15,7 +15,7 @@ from oasisvq.data.loader import get_split
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.tree import load_folder
 from oasisvq.figures import reconstruction_figure
-from oasisvq.io import atomic_write, check_writable, output_error, write_json
+from oasisvq.io import atomic_write, check_writable, write_json
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.runs import Run
 from oasisvq.train.vqvae_task import reconstruct_all
@@ -92,7 +92,7 @@ def evaluate_run(
     root = data_root if data_root is not None else run.data_root
     slices = get_split(run.splits(data_root, skip_bad), split, root or "built-in data")
     out = out_dir or run.path / f"eval-{split}"
-    check_writable_dir(out)
+    check_writable(out)
     summary, r = evaluate_slices(run.vqvae, slices, run.device, batch_size)
     summary.update(split=split, data=root or "built-in MNI152")
     write_report(out, slices, summary, r, json_path)
@@ -111,7 +111,7 @@ def reconstruct_files(
     and ``<stem>_codes.npy`` beside the report. Returns the summary."""
     opts = run.data_options
     slices = load_folder(source, opts.size, opts.fit, skip_bad)
-    check_writable_dir(out)
+    check_writable(out)
     summary, r = evaluate_slices(run.vqvae, slices, run.device, batch_size)
     summary["input"] = str(source)
     write_report(out, slices, summary, r, json_path)
@@ -127,12 +127,3 @@ def reconstruct_files(
             out / "images" / f"{stem}_codes.npy", lambda t, c=codes: np.save(t.open("wb"), c)
         )
     return summary
-
-
-def check_writable_dir(out: Path) -> None:
-    """Create ``out`` and prove it takes files, before any work."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise output_error(out, exc) from exc
-    check_writable(out)

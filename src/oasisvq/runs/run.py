@@ -144,9 +144,7 @@ class Run:
         return self.vqvae.encode(_as_batch(images, self.device))
 
     @torch.no_grad()
-    def decode(
-        self, codes: ArrayLike, precision: str = "fp32", batch_size: int = 128
-    ) -> Tensor:
+    def decode(self, codes: ArrayLike, precision: str = "fp32", batch_size: int = 128) -> Tensor:
         """Codes ``(N, h, w)`` -> images ``(N, S, S)`` float32 in [0, 1] on the CPU.
 
         precision: "fp32", "bf16" or "auto" (bf16 where native: twice as fast on such
@@ -188,9 +186,9 @@ class Run:
         root = self.path / "priors"
         if not root.is_dir():
             return []
-        found = [p for p in root.iterdir() if p.is_dir() and checkpoint.latest(p) is not None]
-        found.sort(key=lambda p: ((p / "checkpoints" / "LATEST").stat().st_mtime_ns, p.name))
-        return [p.name for p in found]
+        latest = {p: checkpoint.latest(p) for p in root.iterdir() if p.is_dir()}
+        found = sorted((c.stat().st_mtime_ns, p.name) for p, c in latest.items() if c is not None)
+        return [name for _, name in found]
 
     def prior_name(self, name: str | None = None) -> str:
         """``name`` checked to exist, or the only or most recently trained prior."""

@@ -20,10 +20,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from oasisvq.device import amp_dtype, pick_device
+from oasisvq.errors import Interrupted, RunError
+from oasisvq.io import check_writable, write_json
 from oasisvq.runs import checkpoint
 from oasisvq.train import distributed as D
 from oasisvq.train.config import TrainConfig
@@ -64,15 +66,29 @@ class EpochStatsless:
 
 
 def train_task(
-    make_task: Callable[[], Task], cfg: TrainConfig, out: str | Path, config: dict, resume: bool
+    make_task: Callable[[], Task],
+    cfg: TrainConfig,
+    out: str | Path,
+    config: dict,
+    resume: bool | str,
 ) -> History:
     """Seed, build the task (its model's initial weights depend on ``cfg.seed`` alone),
-    train it in ``out`` and return the history; ``resume`` continues from ``out``'s
-    latest checkpoint."""
+    train it in ``out`` and return the history.
+
+    ``resume``: True continues from ``out``'s newest readable checkpoint and refuses
+    (``RunError``, before any training) when there is none: a run is never silently
+    trained afresh. ``"auto"`` continues when there is a checkpoint, else starts afresh
+    (a folder the tool owns, such as the feature network's). False starts afresh and
+    refuses a folder that already holds checkpoints."""
     seed_everything(cfg.seed)
     engine = Engine(make_task(), cfg, Path(out), config)
-    if resume:
-        engine.resume()
+    if not (resume and engine.resume()):
+        if resume is True:
+            raise RunError(
+                f"{out}: nothing to resume: no checkpoint was written (the training stopped "
+                "before its first one); start it again with --force"
+            )
+        engine.start()
     return engine.fit()
 
 
@@ -107,6 +123,19 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter optimizer tensor its parameter's memory layout again.
+
+    A checkpoint stores contiguous tensors, while a channels_last parameter's moments
+    were created channels_last; the fused update does not compute bit for bit the same
+    on another layout, so a resumed run would drift from the uninterrupted one."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                if value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -117,8 +146,8 @@ class Engine:
     def __init__(self, task: Task, cfg: TrainConfig, run_dir: Path, config: dict) -> None:
         D.init_from_env(cfg.device)
         self.task, self.cfg, self.run_dir, self.config = task, cfg, Path(run_dir), config
-        if D.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if D.is_main():  # a folder that cannot be written fails now, not after an epoch
+            check_writable(self.run_dir)
         self.device = pick_device(cfg.device)
         self.amp = amp_dtype(cfg.amp, self.device)
         seed_everything(cfg.seed)
@@ -164,20 +193,59 @@ class Engine:
         self._partial: dict[str, Any] = _empty_partial()
         self._skip = 0
         self.history = History(self.run_dir)
+        self.written: list[str] = []  # tags of the checkpoints this process wrote, oldest first
+        self.resumed_from: Path | None = None
 
     # ------------------------------------------------------------------ state
+    def start(self) -> None:
+        """Begin a fresh run: refuse a folder that holds checkpoints (training afresh there
+        would mix two runs), and mark the folder as a run of this tool at once, so that
+        ``--force`` may replace it even if no checkpoint gets written."""
+        if checkpoint.candidates(self.run_dir):
+            raise RunError(
+                f"{self.run_dir}: already holds checkpoints; continue it with --resume or "
+                "replace it with --force"
+            )
+        if D.is_main():
+            write_json(self.run_dir / "config.json", self.config)
+
     def resume(self) -> bool:
-        """Load the newest checkpoint of the run, if any. Returns whether one was found."""
-        ckpt = checkpoint.latest(self.run_dir)
-        if ckpt is None:
-            return False
-        checkpoint.load_weights(ckpt, self.model)
+        """Continue from the newest readable checkpoint of the run; False when it has none.
+
+        A damaged checkpoint is reported and passed over for the next older one; when
+        every checkpoint is damaged this is a ``RunError`` (and all of them stay)."""
+        damaged: list[str] = []
+        for ckpt in checkpoint.candidates(self.run_dir):
+            try:
+                self._load(ckpt)
+            except RunError as exc:
+                damaged.append(str(exc))
+                continue
+            if D.is_main():
+                for line in damaged:
+                    print(f"warning: passed over {line}", file=sys.stderr)
+                print(f"resuming {self.run_dir} from {ckpt.name}", file=sys.stderr)
+            self.resumed_from = ckpt
+            return True
+        if damaged:
+            raise RunError(f"no readable checkpoint to resume: {damaged[0]}")
+        return False
+
+    def _load(self, ckpt: Path) -> None:
         state = checkpoint.load_state(ckpt)
+        checkpoint.load_weights(ckpt, self.model)
+        try:
+            self._apply(state)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise RunError(f"{ckpt}: training state does not fit this run ({exc})") from exc
+
+    def _apply(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        _match_layouts(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         if state.get("global_batch") != self.global_batch and self.step_in_epoch:
             self.step_in_epoch = 0  # another global batch: the steps differ, redo the epoch
         partial = state.get("partial")
@@ -202,11 +270,22 @@ class Engine:
             "history": self.history.rows,
         }
         checkpoint.save(
-            self.run_dir, tag, self.model, self.config, state, self.cfg.keep_checkpoints
+            self.run_dir,
+            tag,
+            self.model,
+            self.config,
+            state,
+            self.cfg.keep_checkpoints,
+            written=self.written,
         )
 
     # ------------------------------------------------------------------ loop
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int, skip: int = 0) -> DataLoader:
+        """The batches of ``epoch`` after its first ``skip`` steps.
+
+        Nothing here draws from the global RNG (the loader's own seed comes from a
+        generator of ``cfg.seed`` and the epoch), so a run resumed at any step, whose RNG
+        state is restored before this, draws exactly what the uninterrupted run drew."""
         # The same sampler for any number of processes: one epoch-seeded permutation, rank r
         # taking its positions r, r + W, ...; so global step k covers the same images (the
         # permutation's positions k*B .. k*B + B - 1) whatever W is, which is what makes a
@@ -224,10 +303,11 @@ class Engine:
         return DataLoader(
             ds,
             batch_size=self.rank_batch,
-            sampler=sampler,
+            sampler=_Skip(sampler, skip * self.rank_batch),
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
         )
 
     def _autocast(self):
@@ -257,9 +337,8 @@ class Engine:
         p = self._partial
         return {
             "steps": p["steps"] + self.step_in_epoch - self._skip,
-            "sums": {
-                k: p["sums"].get(k, 0.0) + float(D.all_reduce_sum(v.detach().clone())) / world
-                for k, v in sums.items()
+            "sums": {  # they start from the resumed epoch's (see _carried_sums)
+                k: float(D.all_reduce_sum(v.detach().clone())) / world for k, v in sums.items()
             },
             "images": p["images"]
             + int(D.all_reduce_sum(torch.tensor(float(n_images), device=self.device))),
@@ -267,18 +346,30 @@ class Engine:
             "task": self.task.epoch_state() if hasattr(self.task, "epoch_state") else None,
         }
 
+    def _carried_sums(self) -> dict[str, Tensor]:
+        """The running log sums a resumed epoch continues from: its earlier steps' sums
+        (averages over ranks, hence times W on rank 0 alone), in float32 like the sums, so
+        that one process adds the same numbers in the same order as without the resume."""
+        if D.rank() != 0:
+            return {}
+        world = D.world_size()
+        return {
+            k: torch.tensor(v * world, dtype=torch.float32, device=self.device)
+            for k, v in self._partial["sums"].items()
+        }
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         self.task.start_epoch()
         if self._partial["task"] is not None and hasattr(self.task, "load_epoch_state"):
             self.task.load_epoch_state(self._partial["task"])
-        loader = self._loader(self.epoch)
-        skip = self._skip = self.step_in_epoch  # steps done before a resume
-        sums: dict[str, Tensor] = {}
+        self._skip = self.step_in_epoch  # steps done before a resume
+        loader = self._loader(self.epoch, skip=self._skip)
+        sums = self._carried_sums()
         n_images, start = 0, time.perf_counter()
         bar = tqdm(
-            islice(loader, skip, None),
-            total=len(loader) - skip,
+            loader,
+            total=len(loader),
             initial=0,
             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
             disable=not D.is_main(),
@@ -294,10 +385,7 @@ class Engine:
             self.step_in_epoch += 1
             rate = n_images * D.world_size() / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{logs['loss'].item():.4f}", img_s=f"{rate:.1f}")
-            every = self.cfg.checkpoint_every
-            # not after the last step: the epoch checkpoint follows (after validation), and a
-            # run resumed there would log an epoch with no training steps of its own
-            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < len(loader):
+            if self._step_checkpoint_due():
                 so_far = self._epoch_so_far(sums, n_images, time.perf_counter() - start)
                 self.save(f"epoch-{self.epoch + 1:04d}-step-{self.step_in_epoch:06d}", so_far)
         bar.close()
@@ -311,22 +399,60 @@ class Engine:
             "train_images_per_second": whole["images"] / max(whole["seconds"], 1e-9),
         }
 
+    def _step_checkpoint_due(self) -> bool:
+        every, step = self.cfg.checkpoint_every, self.step_in_epoch
+        # not after the last step: the epoch checkpoint follows (after validation), and a
+        # run resumed there would log an epoch with no training steps of its own
+        return every > 0 and step % every == 0 and step < self.steps_per_epoch
+
     def fit(self) -> History:
-        """Train until ``cfg.epochs``; checkpoint after every epoch."""
-        while self.epoch < self.cfg.epochs:
-            row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            row["lr"] = self.scheduler.get_last_lr()[0]
-            if D.is_main():
-                self.model.eval()
-                with torch.no_grad(), self._autocast():
-                    row.update(self.task.validate(self.model))
-                self.history.append(row)
-                print(_format_row(row), file=sys.stderr, flush=True)
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self.save(f"epoch-{self.epoch:04d}")
-            D.barrier()
-        self.history.close()
+        """Train until ``cfg.epochs``; checkpoint after every epoch. Ctrl-C ends in an
+        ``Interrupted`` that says which checkpoint a ``--resume`` would continue from."""
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._fit_epoch()
+        except KeyboardInterrupt:
+            raise Interrupted(self._interrupted()) from None
+        finally:
+            self.history.close()
         return self.history
+
+    def _fit_epoch(self) -> None:
+        row = {"epoch": self.epoch + 1, **self.train_epoch()}
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        if D.is_main():
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                row.update(self.task.validate(self.model))
+            self.history.record(row)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        # the checkpoint (whose state holds the history) before the history files: these
+        # never show an epoch that a resume would train again
+        self.save(f"epoch-{self.epoch:04d}")
+        if D.is_main():
+            self.history.publish()
+            print(_format_row(row), file=sys.stderr, flush=True)
+        D.barrier()
+
+    def _interrupted(self) -> str:
+        ckpt = checkpoint.latest(self.run_dir)
+        if ckpt is None:
+            return f"interrupted before the first checkpoint of {self.run_dir}: nothing to resume"
+        return f"interrupted; {self.run_dir} can continue from checkpoint {ckpt.name} (--resume)"
+
+
+class _Skip(Sampler[int]):
+    """The indices of ``sampler`` after its first ``n``: a resumed epoch starts at its
+    checkpoint's step without loading the batches before it."""
+
+    def __init__(self, sampler: Sampler[int], n: int) -> None:
+        self.sampler, self.n = sampler, n
+
+    def __iter__(self):
+        return islice(iter(self.sampler), self.n, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.n)
 
 
 def _empty_partial() -> dict[str, Any]:

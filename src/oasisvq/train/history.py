@@ -19,9 +19,18 @@ class History:
         self._tb = None
 
     def append(self, row: dict) -> None:
+        self.record(row)
+        self.publish()
+
+    def record(self, row: dict) -> None:
+        """Add ``row`` in memory only (it reaches the files with :meth:`publish`)."""
         self.rows.append(row)
+
+    def publish(self) -> None:
+        """Rewrite the CSV, JSON and plot from all rows; log the last row to TensorBoard."""
         self._write_csv()
-        self._write_tensorboard(row)
+        if self.rows:
+            self._write_tensorboard(self.rows[-1])
         self._write_plot()
 
     def _write_csv(self) -> None:

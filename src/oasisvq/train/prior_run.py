@@ -22,7 +22,7 @@ from oasisvq.prior.config import PriorConfig, get_prior_config
 from oasisvq.prior.data import CodeSet
 from oasisvq.prior.registry import build_prior
 from oasisvq.runs import Run, checkpoint, read_kind
-from oasisvq.runs.rundir import prepare_run_dir
+from oasisvq.runs.rundir import open_run_dir
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import train_task
 from oasisvq.train.history import History
@@ -72,58 +72,63 @@ def train_prior(
     override PriorConfig fields; ``train_overrides`` are TrainConfig fields.
     """
     run = Run.open(run_dir)
-    out = prepare_run_dir(run.prior_dir(name or prior), resume, force)
-    if resume:
-        if checkpoint.latest(out) is None:
-            raise RunError(
-                f"{out}: no readable checkpoint to resume; its files are left as they are"
+    # what --force must never delete: the data (not the VQ-VAE run, which holds the prior)
+    root = data_root if data_root is not None else run.data_root
+    inputs = [] if root is None else [Path(root)]
+    with open_run_dir(
+        run.prior_dir(name or prior), resume=resume, force=force, inputs=inputs
+    ) as out:
+        if resume:
+            if checkpoint.latest(out) is None:
+                raise RunError(
+                    f"{out}: no readable checkpoint to resume; its files are left as they are"
+                )
+            saved = read_kind(out, "prior")
+            cfg = PriorConfig.from_dict(saved["prior"])
+            train_cfg = TrainConfig.from_dict(saved["train"])
+            if epochs is not None:
+                train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+            data_root = saved.get("data_root") if data_root is None else data_root
+            if saved.get("vqvae", {}).get("checkpoint") != run.codes_fingerprint():
+                print(
+                    f"warning: the VQ-VAE of {run.path} changed since this prior started",
+                    file=sys.stderr,
+                )
+        else:
+            cfg = get_prior_config(prior, condition=condition, **(options or {}))
+            set_ = {k: v for k, v in train_overrides.items() if v is not None}
+            train_cfg = TrainConfig(
+                epochs=cfg.epochs if epochs is None else epochs,
+                batch_size=int(set_.pop("batch_size", cfg.batch_size)),
+                lr=float(set_.pop("lr", cfg.lr)),
+                weight_decay=float(set_.pop("weight_decay", cfg.weight_decay)),
+                **set_,
             )
-        saved = read_kind(out, "prior")
-        cfg = PriorConfig.from_dict(saved["prior"])
-        train_cfg = TrainConfig.from_dict(saved["train"])
-        if epochs is not None:
-            train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
-        data_root = saved.get("data_root") if data_root is None else data_root
-        if saved.get("vqvae", {}).get("checkpoint") != run.codes_fingerprint():
-            print(
-                f"warning: the VQ-VAE of {run.path} changed since this prior started",
-                file=sys.stderr,
-            )
-    else:
-        cfg = get_prior_config(prior, condition=condition, **(options or {}))
-        set_ = {k: v for k, v in train_overrides.items() if v is not None}
-        train_cfg = TrainConfig(
-            epochs=cfg.epochs if epochs is None else epochs,
-            batch_size=int(set_.pop("batch_size", cfg.batch_size)),
-            lr=float(set_.pop("lr", cfg.lr)),
-            weight_decay=float(set_.pop("weight_decay", cfg.weight_decay)),
-            **set_,
-        )
-        data_root = run.data_root if data_root is None else data_root
-    splits = run.splits(data_root)
-    train = run.split("train", data_root)
-    val = splits.get("validate")
-    if not resume:
-        cfg = _fill_from_data(cfg, run, train)
-    run.device = pick_device(train_cfg.device)
-    train_codes = run.codes("train", train)
-    if cfg.mirror:
-        train_codes = add_mirrored(train_codes, run, train)
-    val_codes = run.codes("validate", val) if val is not None else None
-    config = {
-        "kind": "prior",
-        "prior": cfg.to_dict(),
-        "train": train_cfg.to_dict(),
-        "vqvae": {"run": str(run.path.resolve()), "checkpoint": run.codes_fingerprint()},
-        "data": run.data_options.to_dict(),
-        "data_root": None if data_root is None else str(Path(data_root).resolve()),
-    }
-    run.__dict__.pop("vqvae", None)  # the codes are cached: free the VQ-VAE before training
+            data_root = run.data_root if data_root is None else data_root
+        splits = run.splits(data_root)
+        train = run.split("train", data_root)
+        val = splits.get("validate")
+        if not resume:
+            cfg = _fill_from_data(cfg, run, train)
+        run.device = pick_device(train_cfg.device)
+        train_codes = run.codes("train", train)
+        if cfg.mirror:
+            train_codes = add_mirrored(train_codes, run, train)
+        val_codes = run.codes("validate", val) if val is not None else None
+        config = {
+            "kind": "prior",
+            "prior": cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "vqvae": {"run": str(run.path.resolve()), "checkpoint": run.codes_fingerprint()},
+            "data": run.data_options.to_dict(),
+            "data_root": None if data_root is None else str(Path(data_root).resolve()),
+        }
+        run.__dict__.pop("vqvae", None)  # the codes are cached: free the VQ-VAE before training
 
-    def make_task() -> PriorTask:
-        return PriorTask(build_prior(cfg), train_codes, val_codes, train_cfg.batch_size)
+        def make_task() -> PriorTask:
+            return PriorTask(build_prior(cfg), train_codes, val_codes, train_cfg.batch_size)
 
-    return train_task(make_task, train_cfg, out, config, resume=resume)
+        return train_task(make_task, train_cfg, out, config, resume=resume)
 
 
 def add_mirrored(codes: CodeSet, run: Run, train: SliceSet) -> CodeSet:

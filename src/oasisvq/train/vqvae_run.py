@@ -9,11 +9,11 @@ from pathlib import Path
 
 from oasisvq.data.loader import get_split, load_splits
 from oasisvq.data.options import DataOptions
-from oasisvq.errors import ConfigError, RunError
+from oasisvq.errors import ConfigError
 from oasisvq.model.presets import VQVAEConfig, get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.runs import Run, checkpoint, read_kind
-from oasisvq.runs.rundir import prepare_run_dir
+from oasisvq.runs.rundir import open_run_dir
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import train_task
 from oasisvq.train.history import History
@@ -46,13 +46,9 @@ def _load_splits(data_root: str | None, data_opts: DataOptions):
     return get_split(splits, "train", data_root), splits.get("validate")
 
 
-def _check_resumable(out: Path) -> None:
-    """``--resume`` continues a checkpoint or refuses: it never starts a fresh run."""
-    if checkpoint.latest(out) is None:
-        raise RunError(
-            f"{out}: no readable checkpoint to resume (checkpoints/LATEST missing or broken); "
-            "nothing was changed"
-        )
+def _inputs(data_root: str | None) -> list[Path]:
+    """What a run reads and ``--force`` must never delete: its data root."""
+    return [] if data_root is None else [Path(data_root)]
 
 
 def _run_config(
@@ -85,35 +81,36 @@ def train_vqvae(
     **train_overrides: object,
 ) -> History:
     """Train (or resume) a VQ-VAE run in ``out``. ``train_overrides`` are TrainConfig fields."""
-    out = prepare_run_dir(Path(out), resume, force)
-    if resume:
-        _check_resumable(out)
-        if "finetune" in checkpoint.read_config(out):  # its encoder and codebook must stay fixed
-            raise ConfigError(f"{out}: a finetune-decoder run; resume it with finetune-decoder")
-        model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, preset)
-        if epochs is not None:
-            train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
-    else:
-        model_cfg = get_preset(preset or "seed", **(model_overrides or {}))
-        set_ = {k: v for k, v in train_overrides.items() if v is not None}
-        train_cfg = TrainConfig(
-            epochs=model_cfg.default_epochs if epochs is None else epochs,
-            batch_size=int(set_.pop("batch_size", model_cfg.batch_size)),
-            lr=float(set_.pop("lr", model_cfg.lr)),
-            weight_decay=model_cfg.weight_decay,
-            adam_beta2=model_cfg.adam_beta2,
-            **set_,
-        )
-        data_opts = data_opts or DataOptions(size=model_cfg.image_size)
-    if data_opts.size != model_cfg.image_size:
-        model_cfg = dataclasses.replace(model_cfg, image_size=data_opts.size)
-    train, val = _load_splits(data_root, data_opts)
-    config = _run_config(model_cfg, train_cfg, data_opts, data_root)
+    with open_run_dir(out, resume=resume, force=force, inputs=_inputs(data_root)) as out:
+        if resume:
+            if "finetune" in checkpoint.read_config(
+                out
+            ):  # its encoder and codebook must stay fixed
+                raise ConfigError(f"{out}: a finetune-decoder run; resume it with finetune-decoder")
+            model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, preset)
+            if epochs is not None:
+                train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+        else:
+            model_cfg = get_preset(preset or "seed", **(model_overrides or {}))
+            set_ = {k: v for k, v in train_overrides.items() if v is not None}
+            train_cfg = TrainConfig(
+                epochs=model_cfg.default_epochs if epochs is None else epochs,
+                batch_size=int(set_.pop("batch_size", model_cfg.batch_size)),
+                lr=float(set_.pop("lr", model_cfg.lr)),
+                weight_decay=model_cfg.weight_decay,
+                adam_beta2=model_cfg.adam_beta2,
+                **set_,
+            )
+            data_opts = data_opts or DataOptions(size=model_cfg.image_size)
+        if data_opts.size != model_cfg.image_size:
+            model_cfg = dataclasses.replace(model_cfg, image_size=data_opts.size)
+        train, val = _load_splits(data_root, data_opts)
+        config = _run_config(model_cfg, train_cfg, data_opts, data_root)
 
-    def make_task() -> VQVAETask:
-        return VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
+        def make_task() -> VQVAETask:
+            return VQVAETask(VQVAE(model_cfg), train, val, train_cfg.batch_size)
 
-    return train_task(make_task, train_cfg, out, config, resume=resume)
+        return train_task(make_task, train_cfg, out, config, resume=resume)
 
 
 def finetune_decoder(
@@ -138,51 +135,52 @@ def finetune_decoder(
     ``train_overrides`` are TrainConfig fields; the learning rate defaults to a tenth of
     the parent's.
     """
-    if resume:
-        out = prepare_run_dir(Path(out), resume, force)
-        _check_resumable(out)
-        model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, None)
-        finetune = checkpoint.read_config(out).get("finetune")
-        if finetune is None:
-            raise ConfigError(f"{out}: not a finetune-decoder run")
-        if epochs is not None:
-            train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
-        start = None
-    else:
-        parent = Path(parent)
-        parent_run = Run.open(parent)
-        model_cfg, parent_train, data_opts, data_root = _resumed_configs(parent, None)
-        names = _prior_names(parent_run, priors)
-        model_cfg = dataclasses.replace(
-            model_cfg, adversarial_weight=adversarial_weight, adversarial_start=adversarial_start
-        )
-        set_ = {k: v for k, v in train_overrides.items() if v is not None}
-        train_cfg = dataclasses.replace(
-            parent_train,
-            epochs=10 if epochs is None else epochs,
-            lr=float(set_.pop("lr", parent_train.lr / 10)),
-            **set_,
-        )
-        finetune = {
-            "from": str(parent.resolve()),
-            "checkpoint": parent_run.vqvae_fingerprint(),
-            "codes": parent_run.codes_fingerprint(),
-            "trains": "decoder",
-        }
-        start = checkpoint.latest(parent)
-        out = prepare_run_dir(Path(out), resume, force)
-        _share_codes_and_priors(parent, out, names)
-    train, val = _load_splits(data_root, data_opts)
-    config = _run_config(model_cfg, train_cfg, data_opts, data_root, finetune)
+    parent = Path(parent)
+    parent_run = None if resume else Run.open(parent)  # a missing parent creates nothing
+    data = None if parent_run is None else parent_run.data_root
+    with open_run_dir(out, resume=resume, force=force, inputs=[parent, *_inputs(data)]) as out:
+        if resume:
+            model_cfg, train_cfg, data_opts, data_root = _resumed_configs(out, None)
+            finetune = checkpoint.read_config(out).get("finetune")
+            if finetune is None:
+                raise ConfigError(f"{out}: not a finetune-decoder run")
+            if epochs is not None:
+                train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+            start = None
+        else:
+            model_cfg, parent_train, data_opts, data_root = _resumed_configs(parent, None)
+            names = _prior_names(parent_run, priors)
+            model_cfg = dataclasses.replace(
+                model_cfg,
+                adversarial_weight=adversarial_weight,
+                adversarial_start=adversarial_start,
+            )
+            set_ = {k: v for k, v in train_overrides.items() if v is not None}
+            train_cfg = dataclasses.replace(
+                parent_train,
+                epochs=10 if epochs is None else epochs,
+                lr=float(set_.pop("lr", parent_train.lr / 10)),
+                **set_,
+            )
+            finetune = {
+                "from": str(parent.resolve()),
+                "checkpoint": parent_run.vqvae_fingerprint(),
+                "codes": parent_run.codes_fingerprint(),
+                "trains": "decoder",
+            }
+            start = checkpoint.latest(parent)
+            _share_codes_and_priors(parent, out, names)
+        train, val = _load_splits(data_root, data_opts)
+        config = _run_config(model_cfg, train_cfg, data_opts, data_root, finetune)
 
-    def make_task() -> VQVAETask:
-        model = VQVAE(model_cfg)
-        if start is not None:
-            checkpoint.load_weights(start, model, new=("discriminator.",))
-        model.freeze_codes()
-        return VQVAETask(model, train, val, train_cfg.batch_size)
+        def make_task() -> VQVAETask:
+            model = VQVAE(model_cfg)
+            if start is not None:
+                checkpoint.load_weights(start, model, new=("discriminator.",))
+            model.freeze_codes()
+            return VQVAETask(model, train, val, train_cfg.batch_size)
 
-    return train_task(make_task, train_cfg, out, config, resume=start is None)
+        return train_task(make_task, train_cfg, out, config, resume=start is None)
 
 
 def _prior_names(parent: Run, priors: list[str] | None) -> list[str]:
