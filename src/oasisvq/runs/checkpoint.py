@@ -288,7 +288,7 @@ def _decode_wrapped(kind: str, value: Any, tensors: dict, source: Path) -> Any:
 # RNG state, a uint32 array (numpy >= 2 and < 2 name its constructor differently).
 # Rebuilding such an array calls no code of the file.
 def _numpy_array_globals() -> list:
-    from numpy._core.multiarray import _reconstruct
+    from numpy._core.multiarray import _reconstruct  # private: only for earlier state.pt files
 
     return [
         _reconstruct,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -136,5 +137,10 @@ def open_run_dir(
     a ``RunError``; a dead holder's lock is released by the system), checks again under
     the lock, empties the run with ``force`` and yields ``out``."""
     check_run_dir(out, resume=resume, force=force, inputs=inputs)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # under torchrun only rank 0 holds the folder and writes into it; the others
+        # train beside it (they wait for it at the process group's barriers)
+        yield Path(out)
+        return
     with run_lock(out):
         yield prepare_run_dir(out, resume, force, inputs)
