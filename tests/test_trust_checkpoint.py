@@ -99,11 +99,10 @@ def test_a_state_that_needs_pickle_is_not_written(tmp_path: Path) -> None:
 
 def test_crafted_state_pt_runs_no_code_on_any_path(tiny_tree: Path, tmp_path: Path) -> None:
     """train --resume, train-prior --resume and the feature network of evaluate-samples."""
-    from oasisvq.prior.run import train_prior
-
     from oasisvq.cli import main
     from oasisvq.data.loader import DataOptions, load_splits
     from oasisvq.evaluate.features import feature_net
+    from oasisvq.train.prior_run import train_prior
 
     run, marker = tmp_path / "run", tmp_path / "PWNED"
     pickle.loads(pickle.dumps(Payload(tmp_path / "probe")))  # the payload does run code...

@@ -142,5 +142,17 @@ def open_run_dir(
         # train beside it (they wait for it at the process group's barriers)
         yield Path(out)
         return
-    with run_lock(out):
-        yield prepare_run_dir(out, resume, force, inputs)
+    created = not Path(out).exists()
+    try:
+        with run_lock(out):
+            yield prepare_run_dir(out, resume, force, inputs)
+    except BaseException:
+        _remove_if_untouched(Path(out), created)
+        raise
+
+
+def _remove_if_untouched(out: Path, created: bool) -> None:
+    """A folder this command created and wrote nothing into but its lock (bad data,
+    say) is removed again, so a failed first try leaves no half run behind."""
+    if created and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
+        shutil.rmtree(out, ignore_errors=True)

@@ -137,6 +137,7 @@ def finetune_decoder(
     """
     parent = Path(parent)
     parent_run = None if resume else Run.open(parent)  # a missing parent creates nothing
+    names = [] if parent_run is None else _prior_names(parent_run, priors)  # nor a wrong name
     data = None if parent_run is None else parent_run.data_root
     with open_run_dir(out, resume=resume, force=force, inputs=[parent, *_inputs(data)]) as out:
         if resume:
@@ -149,7 +150,6 @@ def finetune_decoder(
             start = None
         else:
             model_cfg, parent_train, data_opts, data_root = _resumed_configs(parent, None)
-            names = _prior_names(parent_run, priors)
             model_cfg = dataclasses.replace(
                 model_cfg,
                 adversarial_weight=adversarial_weight,
