@@ -43,7 +43,7 @@ def _valid(codes: torch.Tensor) -> float:
 
 
 def _cfg(grid: tuple[int, ...] = GRID, k: int = K, **kw: object):
-    small = {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "dropout": 0.0}
+    small = {"d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.0}
     small.update(kw)
     cfg = get_prior_config("maskgit", **small)
     return dataclasses.replace(cfg, codebook_size=k, grid=grid, class_names=CLASSES)

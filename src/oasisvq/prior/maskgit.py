@@ -31,6 +31,7 @@ few-step sampler draws from.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -128,7 +129,9 @@ class MaskGITPrior(Prior):
         self.axes = nn.ModuleList(nn.Embedding(n, d) for n in self.tokens)
         self.cond = ConditionEmbedding(cfg, d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layers))
+        # plain multi-head attention: n_kv_heads shrinks a KV cache, and there is none here
+        mha = dataclasses.replace(cfg, n_kv_heads=cfg.n_heads)
+        self.blocks = nn.ModuleList(Block(mha, causal=False) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         cell_dim = d if self.slots == 1 else d // 2
         if self.slots > 1:  # token -> features of each of its cells

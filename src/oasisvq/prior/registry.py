@@ -37,8 +37,8 @@ class PriorConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 1  # 1 = multi-query attention: a small KV cache makes 32x32 sampling cheap
-    # --- maskgit (bidirectional transformer with the layers above; no cache, so n_kv_heads
-    # is best n_heads)
+    # --- maskgit (bidirectional transformer with the layers above, plain multi-head
+    # attention: n_kv_heads is not used)
     steps: int = 8  # parallel decoding steps when sampling (a sampling option may override)
     choice_temperature: float = 4.5  # Gumbel noise on the confidence of early steps (paper: 4.5)
     patch: int = 0  # cells per token along each axis (p**ndim cells a token); 0 = automatic
@@ -128,12 +128,11 @@ PRIORS: dict[str, PriorConfig] = {
             description="MaskGIT: bidirectional transformer trained to predict masked cells "
             "(cosine masking schedule), sampled in `steps` parallel steps (default 8) by "
             "confidence; inpaints any cells given the others; conditions and guidance as the "
-            "transformer; 2D and 3D grids, patches of cells per token on large grids. No exact "
-            "likelihood: evaluation reports an upper bound.",
+            "transformer; 2D and 3D grids, a patch of cells per token (patch=0: at most 64 "
+            "tokens). No exact likelihood: evaluation reports an upper bound.",
             d_model=128,
             n_layers=4,
             n_heads=4,
-            n_kv_heads=4,
             dropout=0.1,
             epochs=60,
             batch_size=64,

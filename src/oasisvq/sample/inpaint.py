@@ -1,0 +1,205 @@
+"""Edit an image through its codes: resample the code cells under a mask with a run's
+prior and decode (what ``oasisvq inpaint`` runs).
+
+    image (S, S) -> codes (h, w) by the VQ-VAE; mask image (S, S) -> cell mask (h, w): a
+    cell is resampled when more than half of its pixels are masked (value > 0.5 of full)
+    -> prior.inpaint(codes, cell mask) n times -> decoded images
+
+A masked prior (maskgit) draws the masked cells given every kept cell; an
+autoregressive prior draws them in raster order, each given the cells before it only
+(see ``Prior.inpaint``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from oasisvq.data.images import read_gray8, to_square
+from oasisvq.errors import ConfigError, DataError
+from oasisvq.io import atomic_write, write_json
+from oasisvq.prior.base import Cond, Prior
+
+if TYPE_CHECKING:
+    from oasisvq.api import VQModel
+
+
+@dataclass
+class Inpainting:
+    """An image, its codes, the cells resampled and ``n`` inpaintings (CPU tensors)."""
+
+    image: np.ndarray  # (S, S) uint8: the input as the model reads it
+    codes: Tensor  # (h, w) int64: its codes
+    cell_mask: Tensor  # (h, w) bool: True = resampled
+    inpainted: Tensor  # (n, h, w) int64
+
+
+def cell_mask(mask: np.ndarray, grid: int) -> np.ndarray:
+    """``mask (S, S)`` uint8 (0..255) or float in [0, 1] -> ``(grid, grid)`` bool: True where
+    the mean of the mask over the cell's ``(S / grid)**2`` pixels exceeds 0.5."""
+    m = np.asarray(mask, np.float32) / (255.0 if mask.dtype == np.uint8 else 1.0)
+    s = m.shape[0]
+    if m.shape != (s, s) or s % grid:
+        raise ConfigError(f"mask of shape {m.shape}: expected a square side divisible by {grid}")
+    c = s // grid
+    return m.reshape(grid, c, grid, c).mean((1, 3)) > 0.5
+
+
+@torch.no_grad()
+def inpaint_image(
+    model: VQModel,
+    prior: Prior,
+    image: np.ndarray,
+    mask: np.ndarray,
+    n: int = 4,
+    cond: Cond | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    guidance: float = 1.0,
+    steps: int | None = None,
+    seed: int | None = None,
+) -> Inpainting:
+    """``n`` inpaintings of ``image (S, S)`` uint8 where ``mask (S, S)`` (uint8 or [0, 1];
+    see ``cell_mask``) covers a code cell. ``cond``: conditions of length ``n`` for a
+    conditional prior. Sampling arguments as in ``Prior.inpaint``; a seed fixes the result."""
+    if n < 1:
+        raise ConfigError(f"n {n}: expected at least 1 inpainting")
+    cells = torch.from_numpy(cell_mask(mask, model.grid))
+    if not bool(cells.any()):
+        raise ConfigError(
+            "the mask covers no code cell: a cell is resampled when more than half of its "
+            f"{(model.config.image_size // model.grid) ** 2} pixels are masked"
+        )
+    codes = model.encode(image[None])[0].cpu()
+    device = next(prior.parameters()).device
+    gen = torch.Generator(device).manual_seed(secrets.randbits(62) if seed is None else int(seed))
+    out = prior.inpaint(
+        codes.expand(n, -1, -1).to(device),
+        cells.expand(n, -1, -1).to(device),
+        cond,
+        temperature,
+        top_k,
+        gen,
+        guidance,
+        steps,
+    )
+    return Inpainting(image, codes, cells, out.cpu())
+
+
+def read_pair(
+    image_path: Path, mask_path: Path, size: int, fit: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its mask as ``(size, size)`` uint8, both brought to the square as the
+    run's data were (``fit``); the mask must have the image's size."""
+    image, mask = read_gray8(image_path), read_gray8(mask_path)
+    if image.shape != mask.shape:
+        raise DataError(
+            mask_path,
+            f"mask of {mask.shape[1]}x{mask.shape[0]} pixels; expected the image's "
+            f"{image.shape[1]}x{image.shape[0]}",
+        )
+    return to_square(image, size, fit), to_square(mask, size, fit)
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, "PNG"))
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # np.save on a path would append ".npy" to the temporary name
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def write_inpainting(result: Inpainting, model: VQModel, out: Path, settings: dict) -> dict:
+    """Write ``out/``: ``input.png``, ``reconstruction.png`` (its codes decoded),
+    ``inpainted_<i>.png``, ``codes.npy`` (n, h, w) int16, ``input_codes.npy`` (h, w),
+    ``cell_mask.npy`` (h, w) bool, the figure ``inpaint.png`` and ``inpaint.json``
+    (``settings``, the number of cells resampled and the files). Returns that JSON's dict."""
+    from oasisvq.evaluate.figures import inpainting_figure
+    from oasisvq.sample.sampler import to_uint8
+
+    recon = model.decode(result.codes[None]).cpu()
+    images = model.decode(result.inpainted).cpu()
+    pngs = {"input": result.image, "reconstruction": to_uint8(recon)[0]}
+    pngs.update((f"inpainted_{i}", img) for i, img in enumerate(to_uint8(images)))
+    arrays = {
+        "codes": result.inpainted.numpy().astype(np.int16),
+        "input_codes": result.codes.numpy().astype(np.int16),
+        "cell_mask": result.cell_mask.numpy(),
+    }
+    files = {key: f"{key}.png" for key in pngs} | {key: f"{key}.npy" for key in arrays}
+    for key, pixels in pngs.items():
+        _write_png(out / files[key], pixels)
+    for key, array in arrays.items():
+        _write_npy(out / files[key], array)
+    image = result.image.astype(np.float32) / 255.0
+    inpainting_figure(image, recon[0], result.cell_mask, images, out / "inpaint.png")
+    files["figure"] = "inpaint.png"
+    info = {**settings, "cells_resampled": int(result.cell_mask.sum()), "files": files}
+    write_json(out / "inpaint.json", info)
+    return info
+
+
+def inpaint_files(
+    run_dir: str | Path,
+    image_path: str | Path,
+    mask_path: str | Path,
+    out: str | Path,
+    prior: str | None = None,
+    n: int = 4,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    guidance: float = 1.0,
+    steps: int | None = None,
+    seed: int = 0,
+    class_name: str | int | None = None,
+    slice_pos: float | None = None,
+    age: float | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """``oasisvq inpaint``: read ``image_path`` and ``mask_path`` (8-bit grayscale, same
+    size; white = resample), inpaint ``n`` times with the run's prior ``prior`` (default:
+    the only or newest) and write the results to ``out`` (see ``write_inpainting``).
+    ``class_name`` / ``slice_pos`` / ``age`` condition a prior trained with them."""
+    import oasisvq
+    from oasisvq.prior.base import make_cond
+    from oasisvq.prior.run import load_prior, resolve_prior_name, vqvae_config
+    from oasisvq.sample.sampler import resolve_condition
+
+    model = oasisvq.load(run_dir, device)
+    name = resolve_prior_name(run_dir, prior)
+    p = load_prior(run_dir, name, device)[0]
+    fit = vqvae_config(run_dir)["data"].get("fit", "resize")
+    image, mask = read_pair(Path(image_path), Path(mask_path), model.config.image_size, fit)
+    c = resolve_condition(p.cfg, class_name, slice_pos, age)
+    cond = make_cond(n, c["cls"], c["pos"], c["age"], device) if p.cfg.condition else None
+    result = inpaint_image(
+        model, p, image, mask, n, cond, temperature, top_k, guidance, steps, seed
+    )
+    settings = {
+        "run": str(run_dir),
+        "prior": name,
+        "prior_arch": p.cfg.arch,
+        "image": str(image_path),
+        "mask": str(mask_path),
+        "n": n,
+        "temperature": temperature,
+        "top_k": top_k,
+        "guidance": guidance,
+        "steps": steps,  # None: the prior's own (maskgit: cfg.steps; autoregressive: 1 cell a step)
+        "seed": seed,
+        "class": class_name,
+        "slice_pos": slice_pos,
+        "age": age,
+    }
+    return write_inpainting(result, model, Path(out), settings)
