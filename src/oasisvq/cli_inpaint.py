@@ -2,7 +2,7 @@
 
     oasisvq inpaint RUN image.png --mask mask.png --out DIR [--prior NAME] [--n 4]
                     [--steps S] [--temperature T] [--top-k K] [--guidance G] [--seed S]
-                    [--class NAME] [--slice-pos P] [--age A]
+                    [--class NAME] [--slice-pos P] [--age A] [--batch-size B] [--precision P]
 
 Registered by ``oasisvq.cli`` through :func:`add_parsers`.
 """
@@ -32,6 +32,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
         class_name=args.class_name,
         slice_pos=args.slice_pos,
         age=args.age,
+        batch_size=args.batch_size,
+        precision=args.precision,
         device=pick_device(args.device),
     )
     print(json.dumps(info, indent=2))
@@ -40,6 +42,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``inpaint``."""
+    from oasisvq.cli_prior import _sampling_options
+
     p = sub.add_parser(
         "inpaint",
         help="resample the code cells of an image under a mask with a run's prior",
@@ -64,19 +68,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="parallel steps of a masked prior (default: the prior's); autoregressive priors "
         "draw one cell a step",
     )
-    p.add_argument(
-        "--prior", default=None, help="prior run in RUN/priors/ (default: the only or newest one)"
-    )
-    p.add_argument(
-        "--temperature", type=float, default=1.0, help="softmax temperature (0 = most likely code)"
-    )
-    p.add_argument(
-        "--top-k", type=int, default=None, help="draw among the K most likely codes only"
-    )
-    p.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance (1 = none)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same inpaintings)")
+    # --prior --temperature --top-k --guidance --seed --batch-size --precision --device
+    _sampling_options(p, "fp32")
     p.add_argument(
         "--class", dest="class_name", default=None, help="class name (class-conditional prior)"
     )
@@ -84,5 +77,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--slice-pos", type=float, default=None, help="normalised slice position in [0, 1]"
     )
     p.add_argument("--age", type=float, default=None, help="age in years (age-conditional prior)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=_cmd_inpaint)

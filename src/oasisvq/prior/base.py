@@ -289,7 +289,7 @@ class Prior(nn.Module):
         every kept cell; an autoregressive prior draws the masked cells in raster order,
         each given every cell before it (kept or already redrawn) and the condition, and
         cannot see kept cells after it. Other arguments as in ``sample``."""
-        mask = mask.bool()
+        codes, mask = codes.long(), mask.bool()
         check_grids(self.cfg, codes, mask)
         batch = guided_batch(self.cfg, cond, codes.shape[0], guidance)
         return self.fill(codes, mask, batch, Draw(temperature, top_k, generator), steps)

@@ -6,10 +6,10 @@ predicts masked cells from all the others, sampled in a few parallel steps.
     attention, MLP] -> ln -> per-cell features -> linear -> logits (B, *grid, K)
 
 Grids of any number of axes (2D ``(h, w)``, 3D ``(d, h, w)``) are flattened in C order;
-the position of a token is the sum of one learnt embedding per axis. On large grids a
-token holds a patch of ``p`` cells along every axis (``patch``; 0 picks a power of two
-from 2 up that leaves at most ``AUTO_TOKENS`` tokens; see ``auto_patch``): attention costs
-``(cells / p**ndim)**2``, not ``cells**2``, and the logits of a patch's cells come from
+the position of a token is the sum of one learnt embedding per axis. A token holds a
+patch of ``p`` cells along every axis (``patch``; 0 picks a power of two from 2 up, where
+the grid allows, that leaves at most ``AUTO_TOKENS`` tokens; see ``auto_patch``): a step costs
+``cells / p**ndim`` token passes (attention their square), not ``cells``, and the logits of a patch's cells come from
 its token through a per-cell projection. Masks stay per cell: a token sums the
 embeddings of its cells' codes or of "masked".
 
@@ -50,7 +50,8 @@ DRAW_CHUNK = 2048  # cells whose (cells, K) logits are drawn from at once when s
 def auto_patch(grid: tuple[int, ...], patch: int = 0) -> int:
     """Cells per token along each axis: ``patch``, checked, or for 0 the smallest power of
     two from 2 up dividing every axis that leaves at most ``AUTO_TOKENS`` tokens (else the
-    largest such): 8x8 -> 2 (16 tokens), 16x16 -> 2 (64), 32x32 -> 4 (64).
+    largest dividing every axis; 1 where 2 does not): 8x8 -> 2 (16 tokens), 16x16 -> 2
+    (64), 32x32 -> 4 (64), 5x5 -> 1.
 
     A step's cost grows with the tokens (attention with their square), while cells drawn
     in the same step are drawn independently anyway, whether they share a token or not."""
@@ -270,8 +271,9 @@ class MaskGITPrior(Prior):
     def _confidence(
         self, logits: Tensor, drawn: Tensor, anneal: float, generator: torch.Generator | None
     ) -> Tensor:
-        """Log-probability of each drawn code plus Gumbel noise, ``(n,)``; the noise
-        (``choice_temperature * anneal``) lets early steps keep unlikely cells too."""
+        """Log-probability of each drawn code plus Gumbel noise, ``(n,)``: the noise
+        (``choice_temperature * anneal``, fading to 0) makes early steps commit cells more
+        at random than by confidence alone, which keeps samples diverse (MaskGIT's rule)."""
         logp = logits.gather(1, drawn[:, None])[:, 0] - logits.logsumexp(-1)
         u = torch.rand(logp.shape, device=logp.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))

@@ -80,6 +80,23 @@ class PriorConfig:
         return cls(**d)
 
 
+TRANSFORMER = PriorConfig(
+    name="transformer",
+    arch="transformer",
+    description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
+    "embeddings, conditions as the start token, multi-query attention with a KV cache for "
+    "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=1,
+    dropout=0.1,
+    epochs=60,
+    batch_size=64,
+    lr=1e-3,
+    weight_decay=0.05,
+)
+
 PRIORS: dict[str, PriorConfig] = {
     cfg.name: cfg
     for cfg in [
@@ -106,38 +123,16 @@ PRIORS: dict[str, PriorConfig] = {
             lr=3e-4,
             weight_decay=0.0,
         ),
-        PriorConfig(
-            name="transformer",
-            arch="transformer",
-            description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
-            "embeddings, conditions as the start token, multi-query attention with a KV cache for "
-            "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
-            d_model=128,
-            n_layers=4,
-            n_heads=4,
-            n_kv_heads=1,
-            dropout=0.1,
-            epochs=60,
-            batch_size=64,
-            lr=1e-3,
-            weight_decay=0.05,
-        ),
-        PriorConfig(
+        TRANSFORMER,
+        replace(
+            TRANSFORMER,
             name="maskgit",
             arch="maskgit",
             description="MaskGIT: bidirectional transformer trained to predict masked cells "
             "(cosine masking schedule), sampled in `steps` parallel steps (default 8) by "
-            "confidence; inpaints any cells given the others; conditions and guidance as the "
-            "transformer; 2D and 3D grids, a patch of cells per token (patch=0: at most 64 "
-            "tokens). No exact likelihood: evaluation reports an upper bound.",
-            d_model=128,
-            n_layers=4,
-            n_heads=4,
-            dropout=0.1,
-            epochs=60,
-            batch_size=64,
-            lr=1e-3,
-            weight_decay=0.05,
+            "confidence; inpaints any cells given the others; the transformer's layers, "
+            "conditions and guidance; 2D and 3D grids, a patch of cells per token (patch=0: at "
+            "most 64 tokens). No exact likelihood: evaluation reports an upper bound.",
         ),
     ]
 }

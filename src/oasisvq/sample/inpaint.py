@@ -65,10 +65,12 @@ def inpaint_image(
     guidance: float = 1.0,
     steps: int | None = None,
     seed: int | None = None,
+    batch_size: int | None = None,
 ) -> Inpainting:
     """``n`` inpaintings of ``image (S, S)`` uint8 where ``mask (S, S)`` (uint8 or [0, 1];
-    see ``cell_mask``) covers a code cell. ``cond``: conditions of length ``n`` for a
-    conditional prior. Sampling arguments as in ``Prior.inpaint``; a seed fixes the result."""
+    see ``cell_mask``) covers a code cell, drawn ``batch_size`` (default all) at a time.
+    ``cond``: conditions of length ``n`` for a conditional prior. Sampling arguments as in
+    ``Prior.inpaint``; a seed (and batch size) fixes the result."""
     if n < 1:
         raise ConfigError(f"n {n}: expected at least 1 inpainting")
     cells = torch.from_numpy(cell_mask(mask, model.grid))
@@ -80,17 +82,14 @@ def inpaint_image(
     codes = model.encode(image[None])[0].cpu()
     device = next(prior.parameters()).device
     gen = torch.Generator(device).manual_seed(secrets.randbits(62) if seed is None else int(seed))
-    out = prior.inpaint(
-        codes.expand(n, -1, -1).to(device),
-        cells.expand(n, -1, -1).to(device),
-        cond,
-        temperature,
-        top_k,
-        gen,
-        guidance,
-        steps,
-    )
-    return Inpainting(image, codes, cells, out.cpu())
+    bs = batch_size or n
+    out = []
+    for s in range(0, n, bs):
+        m = min(bs, n - s)
+        c = None if cond is None else {k: v[s : s + m] for k, v in cond.items()}
+        grids, masks = codes.expand(m, -1, -1).to(device), cells.expand(m, -1, -1).to(device)
+        out.append(prior.inpaint(grids, masks, c, temperature, top_k, gen, guidance, steps).cpu())
+    return Inpainting(image, codes, cells, torch.cat(out))
 
 
 def read_pair(
@@ -120,16 +119,19 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def write_inpainting(result: Inpainting, model: VQModel, out: Path, settings: dict) -> dict:
+def write_inpainting(
+    result: Inpainting, model: VQModel, out: Path, settings: dict, precision: str = "fp32"
+) -> dict:
     """Write ``out/``: ``input.png``, ``reconstruction.png`` (its codes decoded),
     ``inpainted_<i>.png``, ``codes.npy`` (n, h, w) int16, ``input_codes.npy`` (h, w),
     ``cell_mask.npy`` (h, w) bool, the figure ``inpaint.png`` and ``inpaint.json``
-    (``settings``, the number of cells resampled and the files). Returns that JSON's dict."""
+    (``settings``, the number of cells resampled and the files). Returns that JSON's dict.
+    ``precision``: the decoder's (see ``oasisvq.sample.sampler.decode_codes``)."""
     from oasisvq.evaluate.figures import inpainting_figure
-    from oasisvq.sample.sampler import to_uint8
+    from oasisvq.sample.sampler import decode_codes, to_uint8
 
-    recon = model.decode(result.codes[None]).cpu()
-    images = model.decode(result.inpainted).cpu()
+    recon = decode_codes(model, result.codes[None], precision=precision)
+    images = decode_codes(model, result.inpainted, precision=precision)
     pngs = {"input": result.image, "reconstruction": to_uint8(recon)[0]}
     pngs.update((f"inpainted_{i}", img) for i, img in enumerate(to_uint8(images)))
     arrays = {
@@ -165,12 +167,15 @@ def inpaint_files(
     class_name: str | int | None = None,
     slice_pos: float | None = None,
     age: float | None = None,
+    batch_size: int | None = None,
+    precision: str = "fp32",
     device: str | torch.device = "cpu",
 ) -> dict:
     """``oasisvq inpaint``: read ``image_path`` and ``mask_path`` (8-bit grayscale, same
     size; white = resample), inpaint ``n`` times with the run's prior ``prior`` (default:
     the only or newest) and write the results to ``out`` (see ``write_inpainting``).
-    ``class_name`` / ``slice_pos`` / ``age`` condition a prior trained with them."""
+    ``class_name`` / ``slice_pos`` / ``age`` condition a prior trained with them;
+    ``batch_size``: inpaintings drawn at once (default all); ``precision``: decoding's."""
     import oasisvq
     from oasisvq.prior.base import make_cond
     from oasisvq.prior.run import load_prior, resolve_prior_name, vqvae_config
@@ -201,5 +206,6 @@ def inpaint_files(
         "class": class_name,
         "slice_pos": slice_pos,
         "age": age,
+        "precision": precision,
     }
-    return write_inpainting(result, model, Path(out), settings)
+    return write_inpainting(result, model, Path(out), settings, precision)
