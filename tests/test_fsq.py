@@ -169,3 +169,33 @@ def test_fsq_vqvae_trains_and_reconstructs() -> None:
         torch.testing.assert_close(model.decode(codes), model(x).recon.clamp(0, 1))
     assert len(codes.unique()) >= 4
     assert not any("levels" in k or "basis" in k for k in model.state_dict())
+
+
+def test_an_fsq_preset_trains_saves_and_loads(tiny_tree, tmp_path, capsys) -> None:
+    """`oasisvq train --preset compact-fsq` end to end: codes-used statistics, a checkpoint
+    whose config rebuilds the FSQ quantizer, and `oasisvq presets` listing both variants."""
+    import json
+
+    import oasisvq
+    from oasisvq.cli import main
+
+    run = tmp_path / "run"
+    args = ["--size", "32", "--batch-size", "8", "--amp", "off", "--epochs", "1"]
+    assert (
+        main(
+            ["train", "--data", str(tiny_tree), "--out", str(run), "--preset", "compact-fsq", *args]
+        )
+        == 0
+    )
+    row = json.loads((run / "history.json").read_text())[-1]
+    assert 1 <= row["train_codes_used"] <= 16 and "val_ssim" in row
+    model = oasisvq.load(run)
+    assert isinstance(model.vqvae.quantizer, FSQuantizer)
+    assert model.config.quantizer.levels == (4, 4)
+    codes = model.encode(torch.rand(2, 32, 32))
+    assert codes.shape == (2, 2, 2) and int(codes.max()) < 16
+    capsys.readouterr()
+    assert main(["presets", "--json"]) == 0
+    names = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert names["hifi-fsq"]["bits_per_image"] == names["hifi"]["bits_per_image"]
+    assert names["compact-fsq"]["codebook_size"] == 16
