@@ -14,15 +14,7 @@ from oasisvq.model.presets import PRESETS, VQVAEConfig, get_preset
 from oasisvq.model.quantizer import QuantizerConfig
 from oasisvq.model.vqvae import VQVAE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is as fast as two on an idle machine and stays
-    fast when other processes share the cores (two threads then wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fsq(levels: tuple[int, ...], dim: int | None = None) -> FSQuantizer:

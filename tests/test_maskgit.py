@@ -23,14 +23,7 @@ from oasisvq.train.config import TrainConfig
 K, GRID, CLASSES = 6, (4, 4), ("a", "b", "c")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is as fast as two on an idle machine and stays
-    fast when other processes share the cores (two threads then wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
