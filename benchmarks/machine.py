@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,3 +62,15 @@ def save_result(
     out.write_text(json.dumps(result, indent=2, default=default))
     if plot is not None:
         plot(result, out.with_suffix(".png"))
+
+
+@contextmanager
+def sample_options(prior: torch.nn.Module, **kw: object) -> Iterator[None]:
+    """Within the block ``prior.sample`` also gets the keywords ``kw`` (e.g. ``steps`` of a
+    masked prior, ``window`` of the PixelCNN) whoever calls it (``sample_codes``)."""
+    original = prior.sample
+    prior.sample = lambda *a, **k: original(*a, **kw, **k)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        prior.sample = original  # type: ignore[method-assign]

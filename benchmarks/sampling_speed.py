@@ -12,7 +12,10 @@ the rate on idle cores. ``--device cuda`` draws and decodes on the GPU. Throughp
 does not depend on the weights, so untrained networks are used unless a trained run is
 given. The PixelCNN is timed both naively (the whole grid for every cell) and with its
 receptive-field band; on 32x32 grids fewer PixelCNN samples are drawn
-(``--n32-pixelcnn``) because it is slow, and the rate is per image either way.
+(``--n32-pixelcnn``) because it is slow, and the rate is per image either way. The masked
+prior (maskgit) is timed at each number of parallel steps in ``--steps``.
+``--draw-precision bf16`` draws the codes under bf16 autocast (decoding has its own
+``--precision``).
 """
 
 from __future__ import annotations
@@ -24,19 +27,20 @@ import os
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-from oasisvq.api import VQModel, load  # noqa: E402
+from machine import machine_info, sample_options  # noqa: E402
 from plots import bar_panels  # noqa: E402
 
+from oasisvq.api import VQModel, load  # noqa: E402
 from oasisvq.model.presets import get_preset  # noqa: E402
 from oasisvq.model.vqvae import VQVAE  # noqa: E402
 from oasisvq.prior.registry import PRIORS, build_prior  # noqa: E402
-from oasisvq.prior.sampling import decode_codes, sample_codes  # noqa: E402
+from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
 
 
 def _vq(run: str | None, preset: str, device: str) -> VQModel:
@@ -55,21 +59,30 @@ def _prior(model: VQModel, name: str):
     return build_prior(pcfg).to(model.device).eval()
 
 
+def _modes(prior, grid: str, n: int, args: argparse.Namespace) -> list[tuple[str, int, dict]]:
+    """``(mode, samples, sample() keywords)`` to time for ``prior`` on ``grid``."""
+    if prior.cfg.arch == "transformer":
+        return [("kv-cache", n, {})]
+    if prior.cfg.arch == "maskgit":
+        return [(f"{s} steps", n, {"steps": s}) for s in map(int, args.steps.split(","))]
+    if grid == "8x8":  # PixelCNN: banded or naive recomputation
+        return [("band", n, {"window": True}), ("naive", args.n8_naive, {"window": False})]
+    return [("band", args.n32_pixelcnn, {"window": True})]
+
+
 def _time(
-    model: VQModel, prior, n: int, precisions: list[str], window: bool | None = None
+    model: VQModel, prior, n: int, precisions: list[str], kw: dict, draw_precision: str = "fp32"
 ) -> list[dict]:
-    """Draw ``n`` grids once and decode them in each precision (after a small warm-up);
+    """Draw ``n`` grids once (``prior.sample`` keywords ``kw``, under bf16 autocast when
+    ``draw_precision`` says so) and decode them in each precision (after a small warm-up);
     one row per precision with wall and CPU seconds of sampling + decoding."""
-    kw = {} if window is None else {"window": window}  # PixelCNN: banded or naive recomputation
-    original = prior.sample
-    prior.sample = lambda *a, **k: original(*a, **kw, **k)  # type: ignore[method-assign]
-    try:
+    bf16 = draw_precision == "bf16"
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with sample_options(prior, **kw), autocast:
         sample_codes(prior, min(n, 4), seed=0)
         w0, c0 = time.perf_counter(), time.process_time()
         codes = sample_codes(prior, n, seed=1)
         sample_wall, sample_cpu = time.perf_counter() - w0, time.process_time() - c0
-    finally:
-        prior.sample = original  # type: ignore[method-assign]
     rows = []
     for precision in precisions:
         decode_codes(model, codes[:2], precision=precision)
@@ -79,6 +92,7 @@ def _time(
         wall, cpu = sample_wall + decode_wall, sample_cpu + decode_cpu
         rows.append(
             {
+                "draw_precision": draw_precision,
                 "decode_precision": precision,
                 "n": n,
                 "seconds": wall,
@@ -109,6 +123,17 @@ def main() -> int:
     p.add_argument(
         "--precision", default="fp32,bf16", help="decoding precisions, comma-separated: fp32, bf16"
     )
+    p.add_argument(
+        "--draw-precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="precision of drawing the codes (bf16: under autocast)",
+    )
+    p.add_argument(
+        "--steps",
+        default="8",
+        help="parallel steps of the masked prior, comma-separated, e.g. 4,8,16",
+    )
     p.add_argument("--run8", default=None, help="a trained 8x8 VQ-VAE run (default: --preset8)")
     p.add_argument("--run32", default=None, help="a trained 32x32 VQ-VAE run (default: --preset32)")
     p.add_argument("--preset8", default="compact", help="untrained 8x8 VQ-VAE without --run8")
@@ -131,14 +156,9 @@ def main() -> int:
         model = _vq(run, preset, args.device)
         for name in args.priors.split(","):
             prior = _prior(model, name)
-            if prior.cfg.arch == "transformer":
-                modes: list[tuple[str, int, bool | None]] = [("kv-cache", n, None)]
-            elif grid == "8x8":
-                modes = [("band", n, True), ("naive", args.n8_naive, False)]
-            else:
-                modes = [("band", args.n32_pixelcnn, True)]
-            for mode, count, window in modes:
-                for r in _time(model, prior, count, args.precision.split(","), window):
+            for mode, count, kw in _modes(prior, grid, n, args):
+                precisions = args.precision.split(",")
+                for r in _time(model, prior, count, precisions, kw, args.draw_precision):
                     row = {
                         "prior": name,
                         "vqvae": model.config.name,

@@ -1,4 +1,4 @@
-"""Sample quality against sampling temperature, top-k and guidance, for one prior; one JSON result.
+"""Sample quality against sampling temperature, top-k, guidance and steps, for one prior; one JSON result.
 
     python benchmarks/sampling_sweep.py --run runs/mid --prior transformer --split validate \
         --temperatures 0.9 1.0 1.1 --seeds 3 --out benchmarks/results/sweep-mid-transformer.json
@@ -25,7 +25,8 @@ the numbers are those ``evaluate-samples`` gives for the same setting and seed.
 ``--top-k 0`` means no cut. ``--guidance`` (conditional priors only) sweeps the
 classifier-free guidance scale: 1 is the prior as trained, above 1 leans each sample
 further towards its condition (drawn from the training split, as ``evaluate-samples``
-draws them).
+draws them). ``--steps`` (masked priors only) sweeps the number of parallel decoding
+steps; unset, the prior's own.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, save_result  # noqa: E402
+from machine import machine_info, sample_options, save_result  # noqa: E402
 
 import oasisvq  # noqa: E402
 from oasisvq.data.loader import get_split, load_splits  # noqa: E402
@@ -78,11 +79,14 @@ def sweep(args: argparse.Namespace) -> dict:
     f_held, fd_real, threshold = real.held["features"], real.frechet_real_vs_real, real.nn_ssim_p99
     div_real = real.diversity
 
-    def measure(temperature: float, top_k: int, guidance: float, seed: int) -> dict:
+    def measure(
+        temperature: float, top_k: int, guidance: float, steps: int | None, seed: int
+    ) -> dict:
         """One draw of ``args.n`` samples at one setting, measured."""
-        codes = sample_codes(
-            prior, args.n, cond, temperature, top_k or None, seed, guidance=guidance
-        )
+        with sample_options(prior, steps=steps):
+            codes = sample_codes(
+                prior, args.n, cond, temperature, top_k or None, seed, guidance=guidance
+            )
         samples = decode_codes(model, codes).numpy()
         _, nn_ssim = nearest_neighbours(samples, train.images)
         return {
@@ -93,11 +97,17 @@ def sweep(args: argparse.Namespace) -> dict:
         }
 
     rows = []
-    settings = [(t, k, g) for g in args.guidance for k in args.top_k for t in args.temperatures]
-    for t, top_k, g in settings:
+    settings = [
+        (t, k, g, st)
+        for st in args.steps
+        for g in args.guidance
+        for k in args.top_k
+        for t in args.temperatures
+    ]
+    for t, top_k, g, steps in settings:
         t0 = time.perf_counter()
-        draws = [measure(t, top_k, g, s) for s in seeds]
-        row: dict = {"temperature": t, "top_k": top_k or None, "guidance": g}
+        draws = [measure(t, top_k, g, steps, s) for s in seeds]
+        row: dict = {"temperature": t, "top_k": top_k or None, "guidance": g, "steps": steps}
         for key in draws[0]:  # mean over the draws, and their spread
             values = np.array([d[key] for d in draws])
             row[key] = float(values.mean())
@@ -139,17 +149,23 @@ def plot(result: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     scale = result["frechet_distance_real_vs_real"]
     rows = result["rows"]
-    # x: guidance when several scales were swept, else temperature; one curve per other setting
-    x_key = "guidance" if len({r.get("guidance", 1.0) for r in rows}) > 1 else "temperature"
-    other = "temperature" if x_key == "guidance" else "guidance"
+    # x: guidance, else steps, when several were swept, else temperature; one curve per
+    # value of the other settings
+    defaults = {"temperature": 1.0, "guidance": 1.0, "steps": None}
+    swept = [k for k in ("guidance", "steps") if len({r.get(k, defaults[k]) for r in rows}) > 1]
+    x_key = swept[0] if swept else "temperature"
+    others = [k for k in defaults if k != x_key]
 
     def curve_of(r: dict) -> tuple:
-        return (r["top_k"] or 0, r.get(other, 1.0))
+        return (r["top_k"] or 0, *(r.get(k, defaults[k]) for k in others))
 
-    for key in sorted({curve_of(r) for r in rows}):
+    for key in sorted({curve_of(r) for r in rows}, key=str):
         curve = [r for r in rows if curve_of(r) == key]
-        label = (f"top-k {key[0]}" if key[0] else "no top-k") + f", {other} {key[1]:g}"
-        xs = [r.get(x_key, 1.0) for r in curve]
+        label = ", ".join(
+            [f"top-k {key[0]}" if key[0] else "no top-k"]
+            + [f"{k} {v:g}" for k, v in zip(others, key[1:], strict=True) if v is not None]
+        )
+        xs = [r.get(x_key, defaults[x_key]) for r in curve]
         fd_err = [(r["frechet_distance_std"] or 0) / scale for r in curve]
         div_err = [r["diversity_ms_ssim_samples_std"] or 0 for r in curve]
         a.errorbar(xs, [r["fd_ratio"] for r in curve], fd_err, fmt="o-", capsize=3, label=label)
@@ -187,6 +203,13 @@ def main() -> None:
         nargs="+",
         default=[1.0],
         help="classifier-free guidance scales (conditional priors; 1 = none)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="parallel decoding steps of a masked prior (default: the prior's own)",
     )
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
     p.add_argument(

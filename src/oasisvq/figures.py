@@ -1,4 +1,4 @@
-"""Figures for reconstructions, samples, nearest neighbours and training curves.
+"""Figures for reconstructions, samples, inpaintings, nearest neighbours and training curves.
 
 All functions draw on a bare :class:`matplotlib.figure.Figure` with the Agg
 canvas (no pyplot state, never a window), save a 150 dpi PNG atomically (written to
@@ -38,6 +38,7 @@ __all__ = [
     "reconstruction_figure",
     "samples_figure",
     "image_grid",
+    "inpainting_figure",
     "nearest_neighbour_figure",
     "curves_figure",
 ]
@@ -283,6 +284,36 @@ def image_grid(
             _show_image(ax, x[i], titles[i] if titles is not None else None)
         else:
             ax.set_axis_off()
+    return _save(fig, path)
+
+
+def inpainting_figure(
+    image: np.ndarray | torch.Tensor,
+    reconstruction: np.ndarray | torch.Tensor,
+    cell_mask: np.ndarray | torch.Tensor,
+    inpainted: np.ndarray | torch.Tensor,
+    path: str | os.PathLike[str],
+) -> Path:
+    """One row: the input image, its reconstruction with the resampled code cells shaded,
+    then every inpainting.
+
+    image, reconstruction: ``(H, W)`` in ``[0, 1]``; cell_mask: ``(h, w)`` bool, True =
+    resampled; inpainted: ``(N, H, W)`` in ``[0, 1]``.
+    """
+    x = _as_images(np.stack([_to_numpy(image), _to_numpy(reconstruction)]), "image")
+    out = _as_images(inpainted, "inpainted")
+    mask = _to_numpy(cell_mask).astype(bool)
+    if len(out) == 0:
+        raise ValueError("no inpaintings to draw")
+    fig = _new_figure((2 + len(out)) * 1.5, 1.7)
+    axes = fig.subplots(1, 2 + len(out), squeeze=False, gridspec_kw={"wspace": 0.03})[0]
+    _show_image(axes[0], x[0], "input")
+    _show_image(axes[1], x[1], f"reconstruction, {int(mask.sum())} cells resampled")
+    h, w = x.shape[1:]
+    shade = np.kron(mask, np.ones((h // mask.shape[0], w // mask.shape[1])))
+    axes[1].imshow(np.ma.masked_equal(shade, 0), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+    for i, img in enumerate(out):
+        _show_image(axes[2 + i], img, f"inpainted {i}")
     return _save(fig, path)
 
 

@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (2) and --help (0) as a code, not an exit
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
     except OasisError as exc:

@@ -146,3 +146,23 @@ def print_last_epoch(history) -> int:
     if D.is_main():
         print(json.dumps({k: v for k, v in last.items() if k.startswith("val_") or k == "epoch"}))
     return 0
+
+
+def add_condition_options(p: argparse.ArgumentParser) -> None:
+    """The conditions a conditional prior draws with (unset: the marginal)."""
+    p.add_argument(
+        "--class", dest="class_name", default=None, help="class name (class-conditional prior)"
+    )
+    p.add_argument(
+        "--position",
+        "--slice-pos",
+        dest="position",
+        type=A.position,
+        default=None,
+        help="normalised slice position in [0, 1] (position-conditional prior)",
+    )
+    p.add_argument("--age", type=A.age, default=None, help="age in years (age-conditional prior)")
+
+
+def conditions(args: argparse.Namespace) -> dict:
+    return {"class": args.class_name, "position": args.position, "age": args.age}

@@ -14,8 +14,10 @@ import json
 
 from oasisvq.cli import args as A
 from oasisvq.cli.common import (
+    add_condition_options,
     add_sampling_options,
     add_training_options,
+    conditions,
     engine_options,
     print_json,
     print_last_epoch,
@@ -23,6 +25,7 @@ from oasisvq.cli.common import (
 )
 from oasisvq.prior.registry import PRIORS, build_prior
 from oasisvq.runs import Run
+from oasisvq.sample.inpaint import inpaint_files
 from oasisvq.sample.write import sample_to_folder
 from oasisvq.train.prior_run import train_prior
 
@@ -86,14 +89,33 @@ def run_priors(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     options = sampling_options(args)  # checked before the run is opened
     run = Run.open(args.run, args.device)
-    conditions = {"class": args.class_name, "position": args.position, "age": args.age}
-    info = sample_to_folder(run, args.n, args.out, args.prior, options, conditions, args.force)
+    info = sample_to_folder(
+        run, args.n, args.out, args.prior, options, conditions(args), args.force
+    )
+    print_json(info)
+    return 0
+
+
+def run_inpaint(args: argparse.Namespace) -> int:
+    options = sampling_options(args)
+    run = Run.open(args.run, args.device)
+    info = inpaint_files(
+        run,
+        args.image,
+        args.mask,
+        args.out,
+        args.prior,
+        args.n,
+        options,
+        conditions(args),
+        args.force,
+    )
     print_json(info)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register train-prior, priors and sample."""
+    """Register train-prior, priors, sample and inpaint."""
     p = sub.add_parser(
         "train-prior",
         help="train a prior over a VQ-VAE run's code grids",
@@ -141,21 +163,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--force", action="store_true", help="replace an earlier sample folder in --out")
     add_sampling_options(p, "auto")
-    p.add_argument(
-        "--class", dest="class_name", default=None, help="class name (class-conditional prior)"
-    )
-    p.add_argument(
-        "--position",
-        "--slice-pos",
-        dest="position",
-        type=A.position,
-        default=None,
-        help="normalised slice position in [0, 1] (position-conditional prior)",
-    )
-    p.add_argument(
-        "--age",
-        type=A.age,
-        default=None,
-        help="age in years (age-conditional prior)",
-    )
+    add_condition_options(p)
     p.set_defaults(func=run_sample)
+
+    p = sub.add_parser(
+        "inpaint",
+        help="resample the code cells of an image under a mask with a run's prior",
+        description="Encode IMAGE with the run's VQ-VAE, resample the code cells that MASK "
+        "covers (a cell whose pixels are more than half white) with the prior and decode. "
+        "A masked prior (maskgit) draws them given every other cell; an autoregressive prior "
+        "draws them in raster order given the cells before each, not those after. Writes "
+        "DIR/input.png, reconstruction.png, inpainted_<i>.png, codes.npy (n, h, w), "
+        "input_codes.npy, cell_mask.npy, the figure inpaint.png and inpaint.json.",
+    )
+    p.add_argument("run", help="VQ-VAE run directory with a trained prior")
+    p.add_argument("image", help="8-bit grayscale image (brought to the run's size and fit)")
+    p.add_argument(
+        "--mask", required=True, help="8-bit mask image of IMAGE's size: white = resample"
+    )
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace an earlier inpainting in --out")
+    p.add_argument("--n", type=A.count, default=4, help="number of inpaintings (default 4)")
+    add_sampling_options(p, "fp32")
+    add_condition_options(p)
+    p.set_defaults(func=run_inpaint)

@@ -98,6 +98,47 @@ HIFI = VQVAEConfig(
     default_epochs=26,
 )
 
+COMPACT = VQVAEConfig(
+    name="compact",
+    arch="resnet",
+    description=(
+        "Residual VQ-VAE at the seed's budget: 8x8 grid, 16 codes (256 bits); "
+        "light encoder, heavier decoder, transposed-conv upsampling."
+    ),
+    widths=(16, 32, 64, 128),
+    blocks=(0, 0, 1, 1),
+    mid_blocks=0,
+    decoder_blocks=(0, 1, 2, 1),
+    decoder_mid_blocks=1,
+    upsample="convt",
+    full_res=False,
+    quantizer=QuantizerConfig(codebook_size=16, dim=16, normalize=True),
+    ssim_weight=0.9,
+    lr=2e-3,
+    adam_beta2=0.99,
+    batch_size=32,
+)
+
+
+def fsq_variant(cfg: VQVAEConfig, levels: tuple[int, ...]) -> VQVAEConfig:
+    """Preset ``cfg`` with finite scalar quantization over ``levels`` in place of its
+    codebook, at the same bits per image (``prod(levels)`` equals its codebook size): the
+    encoder writes ``len(levels)`` channels, which are rounded, and the decoder reads them."""
+    q = QuantizerConfig(kind="fsq", levels=levels, dim=len(levels))
+    if q.codebook_size != cfg.quantizer.codebook_size:
+        raise ConfigError(
+            f"fsq levels {levels}: {q.codebook_size} codes, expected {cfg.quantizer.codebook_size}"
+        )
+    return replace(
+        cfg,
+        name=f"{cfg.name}-fsq",
+        description=f"{cfg.name} with finite scalar quantization instead of its codebook: "
+        f"levels {levels}, {cfg.bits_per_image:.0f} bits per image as {cfg.name}; nothing "
+        "learnt in the quantizer, no code can die.",
+        quantizer=q,
+    )
+
+
 PRESETS: dict[str, VQVAEConfig] = {
     cfg.name: cfg
     for cfg in [
@@ -109,26 +150,7 @@ PRESETS: dict[str, VQVAEConfig] = {
             lr=2e-3,
             batch_size=32,
         ),
-        VQVAEConfig(
-            name="compact",
-            arch="resnet",
-            description=(
-                "Residual VQ-VAE at the seed's budget: 8x8 grid, 16 codes (256 bits); "
-                "light encoder, heavier decoder, transposed-conv upsampling."
-            ),
-            widths=(16, 32, 64, 128),
-            blocks=(0, 0, 1, 1),
-            mid_blocks=0,
-            decoder_blocks=(0, 1, 2, 1),
-            decoder_mid_blocks=1,
-            upsample="convt",
-            full_res=False,
-            quantizer=QuantizerConfig(codebook_size=16, dim=16, normalize=True),
-            ssim_weight=0.9,
-            lr=2e-3,
-            adam_beta2=0.99,
-            batch_size=32,
-        ),
+        COMPACT,
         replace(
             HIFI,
             name="mid",
@@ -143,12 +165,19 @@ PRESETS: dict[str, VQVAEConfig] = {
             default_epochs=20,
         ),
         HIFI,
+        # the paper recommends few channels of at least 5 levels each; 16 codes allow no such
+        # product beyond one channel, so (4, 4): the most levels per channel in more than one
+        fsq_variant(COMPACT, (4, 4)),
+        # (8, 8, 8): the paper's pattern for 2^9 codes (its table: (8, 6, 5) for 2^8,
+        # (8, 5, 5, 5) for 2^10), exactly 512 codes
+        fsq_variant(HIFI, (8, 8, 8)),
     ]
 }
 
 
 def get_preset(name: str, **overrides: object) -> VQVAEConfig:
-    """A copy of preset ``name``. ``codebook_size=...`` etc. override the quantizer."""
+    """A copy of preset ``name``. QuantizerConfig fields (``codebook_size=...``,
+    ``kind="fsq", levels=(8, 8, 8)``) override the quantizer; None is ignored."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     cfg = PRESETS[name]
@@ -161,4 +190,13 @@ def get_preset(name: str, **overrides: object) -> VQVAEConfig:
         if k in QuantizerConfig.__dataclass_fields__ and v is not None
     }
     rest = {k: v for k, v in overrides.items() if k not in q_keys and v is not None}
-    return replace(cfg, quantizer=replace(cfg.quantizer, **q_keys), **rest)
+    if q_keys.get("kind") == "vq":
+        q_keys.setdefault("levels", ())  # an fsq preset switched back to a codebook
+    quantizer = replace(cfg.quantizer, **q_keys)
+    size = q_keys.get("codebook_size")
+    if quantizer.kind == "fsq" and size is not None and size != quantizer.codebook_size:
+        raise ConfigError(
+            f"codebook size {size}: an fsq quantizer has prod(levels) = {quantizer.codebook_size} "
+            f"codes (levels {quantizer.levels}); set levels instead"
+        )
+    return replace(cfg, quantizer=quantizer, **rest)

@@ -13,6 +13,7 @@ codebook.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,17 +21,43 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oasisvq.errors import ConfigError
+
+QUANTIZERS = ("vq", "fsq")
+
 
 @dataclass
 class QuantizerConfig:
-    codebook_size: int = 16
-    dim: int = 16
+    codebook_size: int = 16  # "fsq": always prod(levels), whatever is given
+    dim: int = 16  # channels of the encoder's output and of the decoder's input
+    kind: str = "vq"  # "vq" (a learnt codebook, this module) or "fsq" (fixed levels, fsq.py)
+    levels: tuple[int, ...] = ()  # "fsq" only: levels per quantized channel, e.g. (8, 8, 8)
     beta: float = 0.25  # commitment weight
     update: str = "ema"  # "ema" (moving averages) or "loss" (codebook loss, as in the VQ-VAE paper)
     decay: float = 0.99  # EMA decay
     kmeans_init: bool = True  # initialise codes by k-means on the first batch of encoder outputs
     restart_threshold: float = 1.0  # EMA count below which a code is dead and restarted (0 = never)
     normalize: bool = False  # l2-normalise latents and codes: nearest code by cosine similarity
+
+    def __post_init__(self) -> None:
+        # from_dict passes JSON lists; configs saved before "kind" existed are "vq"
+        self.levels = tuple(int(v) for v in self.levels)
+        if self.kind not in QUANTIZERS:
+            raise ConfigError(
+                f"quantizer kind {self.kind!r}: expected one of {', '.join(QUANTIZERS)}"
+            )
+        if self.kind == "vq":
+            if self.levels:
+                raise ConfigError(
+                    f"quantizer levels {self.levels}: levels belong to kind 'fsq', not 'vq'"
+                )
+            return
+        if not self.levels or min(self.levels) < 2:
+            raise ConfigError(
+                f"fsq levels {self.levels}: expected one or more level counts, each at least 2, "
+                "e.g. (8, 8, 8)"
+            )
+        self.codebook_size = math.prod(self.levels)
 
 
 def _distributed() -> bool:

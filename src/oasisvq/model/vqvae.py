@@ -1,4 +1,4 @@
-"""The VQ-VAE: encoder -> vector quantizer -> decoder."""
+"""The VQ-VAE: encoder -> quantizer (vector quantizer or FSQ) -> decoder."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from oasisvq.model.discriminator import PatchDiscriminator
+from oasisvq.model.fsq import FSQuantizer
 from oasisvq.model.networks import ResDecoder, ResEncoder, SeedDecoder, SeedEncoder
 from oasisvq.model.presets import VQVAEConfig
-from oasisvq.model.quantizer import VectorQuantizer
+from oasisvq.model.quantizer import QuantizerConfig, VectorQuantizer
 
 
 class VQOutput(NamedTuple):
     recon: Tensor  # (B, 1, S, S), ~[0, 1]
     codes: Tensor  # (B, h, w) int64
     vq_loss: Tensor  # scalar
+
+
+def build_quantizer(cfg: QuantizerConfig) -> VectorQuantizer | FSQuantizer:
+    """The quantizer of ``cfg.kind``: "vq" (learnt codebook) or "fsq" (fixed levels)."""
+    return FSQuantizer(cfg) if cfg.kind == "fsq" else VectorQuantizer(cfg)
 
 
 class VQVAE(nn.Module):
@@ -40,7 +46,7 @@ class VQVAE(nn.Module):
             )
         else:
             raise ValueError(f"unknown arch {cfg.arch!r}")
-        self.quantizer = VectorQuantizer(cfg.quantizer)
+        self.quantizer = build_quantizer(cfg.quantizer)
         if cfg.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(cfg.discriminator_width)
         self.codes_frozen = False

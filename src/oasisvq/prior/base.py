@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -230,21 +231,85 @@ def pick(
     return torch.searchsorted(cdf, u, side="right").squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
 
-class Prior(nn.Module):
-    """Base class. Subclasses implement ``forward`` and ``sample``.
+@dataclass(frozen=True)
+class Draw:
+    """How one code is drawn from logits: ``temperature``, ``top_k`` and the random stream
+    (see ``pick``)."""
 
-    ``forward(codes (B, h, w) int64, cond) -> logits (B, h, w, K)`` where the logits at
-    cell ``i`` (raster order) depend only on the codes before ``i`` and on ``cond``.
+    temperature: float = 1.0
+    top_k: int | None = None
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def of(cls, options: SamplingOptions, generator: torch.Generator | None) -> Draw:
+        return cls(options.temperature, options.top_k, generator)
+
+    def pick(self, logits: Tensor) -> Tensor:
+        """``logits (B, K)`` -> codes ``(B,)`` int64."""
+        return pick(logits, self.temperature, self.top_k, self.generator)
+
+
+class Scores(NamedTuple):
+    """What a prior says about given grids (see ``Prior.scores``); each ``(B,)``."""
+
+    nll: Tensor  # nats per grid, fp32: exact, or an upper bound (``Prior.likelihood``)
+    correct: Tensor  # predicted cells whose most likely code is the true one, int64
+    predicted: Tensor  # cells predicted, int64
+
+
+def check_grids(cfg: PriorConfig, codes: Tensor, mask: Tensor) -> None:
+    """``codes (B, *grid)`` int64 in ``[0, K)`` and ``mask`` of the same shape, or a
+    ConfigError naming what is wrong."""
+    want = (codes.shape[0], *cfg.grid)
+    if tuple(codes.shape) != want or tuple(mask.shape) != want:
+        raise ConfigError(
+            f"codes {tuple(codes.shape)} and mask {tuple(mask.shape)}: expected both "
+            f"(B, {', '.join(map(str, cfg.grid))}), the prior's grid"
+        )
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size):
+        raise ConfigError(
+            f"codes in [{int(codes.min())}, {int(codes.max())}]: expected [0, {cfg.codebook_size})"
+        )
+
+
+class Prior(nn.Module):
+    """Base class. Subclasses implement ``forward`` and ``fill``.
+
+    Autoregressive priors: ``forward(codes (B, h, w) int64, cond) -> logits (B, h, w, K)``
+    where the logits at cell ``i`` (raster order) depend only on the codes before ``i``
+    and on ``cond``; ``nll`` is exact. A masked prior (``likelihood = "upper bound"``)
+    overrides ``training_loss``, ``scores`` and ``nll``.
     """
 
     cfg: PriorConfig
+    likelihood = "exact"  # what ``scores(...).nll`` is: "exact" or "upper bound"
+
+    def training_loss(
+        self, codes: Tensor, cond: Cond | None = None, forward: nn.Module | None = None
+    ) -> Tensor:
+        """Mean cross-entropy in nats per predicted cell, a scalar: here every cell given
+        those before it. ``forward``: the module to call in place of ``self`` (the
+        DistributedDataParallel or compiled wrapper of this prior, so gradients sync)."""
+        logits = (forward or self)(codes, cond)
+        return F.cross_entropy(logits.flatten(0, -2).float(), codes.flatten())
+
+    def scores(
+        self, codes: Tensor, cond: Cond | None = None, generator: torch.Generator | None = None
+    ) -> Scores:
+        """NLL of each grid ``codes (B, *grid)`` and the top-1 accuracy of its cells; here
+        exact and deterministic (``generator`` is for priors whose scores are estimates)."""
+        logits = self(codes, cond).float()
+        ce = F.cross_entropy(logits.flatten(0, -2), codes.flatten(), reduction="none")
+        correct = (logits.argmax(-1) == codes).flatten(1).sum(1)
+        return Scores(
+            ce.view(codes.shape[0], -1).sum(1), correct, torch.full_like(correct, self.cfg.cells)
+        )
 
     def nll(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
         """Negative log-likelihood of each grid, in nats, ``(B,)`` fp32."""
-        logits = self(codes, cond).float()
-        ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none")
-        return ce.view(codes.shape[0], -1).sum(1)
+        return self.scores(codes, cond).nll
 
+    @torch.no_grad()
     def sample(
         self,
         n: int,
@@ -252,6 +317,51 @@ class Prior(nn.Module):
         options: SamplingOptions = DEFAULT_OPTIONS,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """``n`` code grids ``(n, h, w)`` int64 drawn with ``options`` (temperature, top_k,
-        guidance; see :class:`SamplingOptions`); ``cond``: per-example conditions."""
+        """``n`` code grids ``(n, *grid)`` int64 drawn with ``options`` (temperature, top_k,
+        guidance, steps; see :class:`SamplingOptions`); ``cond``: per-example conditions.
+        ``options.steps``: the parallel steps of a masked prior (None: its configured
+        number); an autoregressive prior draws one cell per step and ignores it."""
+        batch = guided_batch(self.cfg, cond, n, options.guidance)
+        codes, mask = self.blank(n)
+        return self.fill(codes, mask, batch, Draw.of(options, generator), options.steps)
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        codes: Tensor,
+        mask: Tensor,
+        cond: Cond | None = None,
+        options: SamplingOptions = DEFAULT_OPTIONS,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Resample the cells of ``codes (B, *grid)`` int64 where ``mask (B, *grid)`` is
+        True; the others are kept exactly. Returns ``(B, *grid)`` int64.
+
+        What the new cells are conditioned on depends on the prior: a masked prior sees
+        every kept cell; an autoregressive prior draws the masked cells in raster order,
+        each given every cell before it (kept or already redrawn) and the condition, and
+        cannot see kept cells after it. Other arguments as in ``sample``."""
+        codes, mask = codes.long(), mask.bool()
+        check_grids(self.cfg, codes, mask)
+        batch = guided_batch(self.cfg, cond, codes.shape[0], options.guidance)
+        return self.fill(codes, mask, batch, Draw.of(options, generator), options.steps)
+
+    def blank(self, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` grids to draw from scratch: codes (zeros) and a mask of every cell."""
+        device = next(self.parameters()).device
+        codes = torch.zeros(n, *self.cfg.grid, dtype=torch.long, device=device)
+        return codes, torch.ones_like(codes, dtype=torch.bool)
+
+    def fill(
+        self, codes: Tensor, mask: Tensor, batch: GuidedBatch, draw: Draw, steps: int | None
+    ) -> Tensor:
+        """Draw the cells of ``codes (n, *grid)`` where ``mask`` is True, keep the others;
+        ``batch`` lays out the conditions of the ``n`` grids (see ``guided_batch``)."""
         raise NotImplementedError
+
+
+def last_masked(mask: Tensor) -> int:
+    """Index (raster order) of the last cell masked in any grid of ``mask (B, *grid)``; -1
+    when none is. An autoregressive prior stops there: later cells are kept as they are."""
+    flat = mask.flatten(1).any(0)
+    return int(flat.nonzero().max()) if bool(flat.any()) else -1

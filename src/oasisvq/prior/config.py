@@ -1,13 +1,16 @@
 """Prior configurations as dataclasses and the named priors.
 
-A prior models the distribution of a VQ-VAE's code grid, ``p(codes | condition)``,
-autoregressively in raster order. The whole :class:`PriorConfig` (including what the
+A prior models the distribution of a VQ-VAE's code grid, ``p(codes | condition)``:
+autoregressively in raster order (``pixelcnn``, ``transformer``), or as a masked model
+that predicts any cells from the others and samples in a few parallel steps
+(``maskgit``). The whole :class:`PriorConfig` (including what the
 data fixed at training time: grid, codebook size, class names, age statistics) is
 saved inside every checkpoint, so a prior can be rebuilt without this table.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from oasisvq.errors import ConfigError
@@ -18,7 +21,7 @@ CONDITIONS = ("class", "position", "age")
 @dataclass
 class PriorConfig:
     name: str
-    arch: str  # "pixelcnn" or "transformer"
+    arch: str  # "pixelcnn", "transformer" or "maskgit"
     description: str = ""
     # --- pixelcnn (the report's layers)
     filters: int = 128  # masked type A 7x7 conv and the type B 1x1 layers
@@ -32,6 +35,11 @@ class PriorConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 1  # 1 = multi-query attention: a small KV cache makes 32x32 sampling cheap
+    # --- maskgit (bidirectional transformer with the layers above, plain multi-head
+    # attention: n_kv_heads is not used)
+    steps: int = 8  # parallel decoding steps when sampling (a sampling option may override)
+    choice_temperature: float = 4.5  # Gumbel noise on the confidence of early steps (paper: 4.5)
+    patch: int = 0  # cells per token along each axis (p**ndim cells a token); 0 = automatic
     mlp_ratio: int = 4
     dropout: float = 0.1  # on embeddings and residual branches; none on attention weights
     # --- data: also train on the codes of the left-right mirrored training images
@@ -48,14 +56,14 @@ class PriorConfig:
     weight_decay: float = 0.01
     # --- fixed by the data and the VQ-VAE when training starts
     codebook_size: int = 0
-    grid: tuple[int, int] = (0, 0)  # (h, w)
+    grid: tuple[int, ...] = (0, 0)  # (h, w); the masked prior also takes (d, h, w)
     class_names: tuple[str, ...] = ()
     age_mean: float = 0.0
     age_std: float = 1.0
 
     @property
     def cells(self) -> int:
-        return self.grid[0] * self.grid[1]
+        return math.prod(self.grid)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +92,23 @@ PIXELCNN_SEED = PriorConfig(
     weight_decay=0.0,
 )
 
+TRANSFORMER = PriorConfig(
+    name="transformer",
+    arch="transformer",
+    description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
+    "embeddings, conditions as the start token, multi-query attention with a KV cache for "
+    "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=1,
+    dropout=0.1,
+    epochs=60,
+    batch_size=64,
+    lr=1e-3,
+    weight_decay=0.05,
+)
+
 PRIORS: dict[str, PriorConfig] = {
     cfg.name: cfg
     for cfg in [
@@ -95,21 +120,16 @@ PRIORS: dict[str, PriorConfig] = {
             residual_blocks=2,
             head_layers=2,
         ),
-        PriorConfig(
-            name="transformer",
-            arch="transformer",
-            description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
-            "embeddings, conditions as the start token, multi-query attention with a KV cache for "
-            "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
-            d_model=128,
-            n_layers=4,
-            n_heads=4,
-            n_kv_heads=1,
-            dropout=0.1,
-            epochs=60,
-            batch_size=64,
-            lr=1e-3,
-            weight_decay=0.05,
+        TRANSFORMER,
+        replace(
+            TRANSFORMER,
+            name="maskgit",
+            arch="maskgit",
+            description="MaskGIT: bidirectional transformer trained to predict masked cells "
+            "(cosine masking schedule), sampled in `steps` parallel steps (default 8) by "
+            "confidence; inpaints any cells given the others; the transformer's layers, "
+            "conditions and guidance; 2D and 3D grids, a patch of cells per token (patch=0: at "
+            "most 64 tokens). No exact likelihood: evaluation reports an upper bound.",
         ),
     ]
 }

@@ -21,6 +21,9 @@ A conditional PixelCNN adds a learned per-channel bias computed from the conditi
 embedding after the first layer and inside every residual block (van den Oord et
 al.'s conditional PixelCNN); the unconditional network is exactly the report's.
 
+Inpainting draws the masked cells in the same order, keeping the others: a masked cell
+is drawn given the cells before it (within the network's view), never those after it.
+
 Sampling recomputes, for each cell, only the rows that can reach it: the receptive
 field of row ``r`` spans rows ``r - (first_kernel // 2 + residual_blocks) .. r``,
 so the network runs on that band instead of the whole grid. The result is exactly
@@ -38,10 +41,12 @@ from oasisvq.prior.base import (
     DEFAULT_OPTIONS,
     Cond,
     ConditionEmbedding,
+    Draw,
+    GuidedBatch,
     Prior,
     SamplingOptions,
     guided_batch,
-    pick,
+    last_masked,
 )
 from oasisvq.prior.config import PriorConfig
 
@@ -157,20 +162,35 @@ class PixelCNN(Prior):
         generator: torch.Generator | None = None,
         window: bool = True,
     ) -> Tensor:
-        """``n`` grids ``(n, h, w)``. ``window=False`` runs the whole grid for every cell
-        (the naive way, kept for the benchmark). With ``guidance`` other than 1 the batch
-        holds each grid twice (conditional, unknown)."""
-        hh, ww = self.cfg.grid
-        device = self.out.weight.device
+        """``n`` grids ``(n, h, w)``, as ``Prior.sample``. ``window=False`` runs the whole
+        grid for every cell (the naive way, kept for the benchmark)."""
+        codes, mask = self.blank(n)
         batch = guided_batch(self.cfg, cond, n, options.guidance)
-        codes = torch.zeros(batch.copies * n, hh, ww, dtype=torch.long, device=device)
-        for r in range(hh):
+        return self.fill(codes, mask, batch, Draw.of(options, generator), options.steps, window)
+
+    @torch.no_grad()
+    def fill(
+        self,
+        codes: Tensor,
+        mask: Tensor,
+        batch: GuidedBatch,
+        draw: Draw,
+        steps: int | None = None,
+        window: bool = True,
+    ) -> Tensor:
+        """Draw the masked cells of ``codes (n, h, w)`` one at a time in raster order, each
+        given the cells before it that the network sees (a blind spot excepted), up to the
+        last masked cell. With guidance the batch holds each grid twice (conditional,
+        unknown). ``steps`` is ignored (one cell per step)."""
+        hh, ww = self.cfg.grid
+        n = codes.shape[0]
+        out = codes.repeat(batch.copies, 1, 1)
+        for t in range(last_masked(mask) + 1):
+            r, col = divmod(t, ww)
             top = max(0, r - self.reach_rows) if window else 0
             bottom = r + 1 if window else hh
-            for col in range(ww):
-                logits = self.forward_codes(codes[:, top:bottom], batch.cond)
-                logits = batch.logits(logits[:, :, r - top, col])  # (rows, K) -> (n, K)
-                codes[:, r, col] = pick(
-                    logits, options.temperature, options.top_k, generator
-                ).repeat(batch.copies)
-        return codes[:n]
+            logits = self.forward_codes(out[:, top:bottom], batch.cond)
+            logits = batch.logits(logits[:, :, r - top, col])  # (rows, K) -> (n, K)
+            drawn = torch.where(mask[:, r, col], draw.pick(logits), out[:n, r, col])
+            out[:, r, col] = drawn.repeat(batch.copies)
+        return out[:n]

@@ -5,10 +5,15 @@ from __future__ import annotations
 from oasisvq.errors import ConfigError
 from oasisvq.prior.base import Prior
 from oasisvq.prior.config import CONDITIONS, PRIORS, PriorConfig, get_prior_config, parse_condition
+from oasisvq.prior.maskgit import MaskGITPrior
 from oasisvq.prior.pixelcnn import PixelCNN
 from oasisvq.prior.transformer import TransformerPrior
 
-ARCHS: dict[str, type[Prior]] = {"pixelcnn": PixelCNN, "transformer": TransformerPrior}
+ARCHS: dict[str, type[Prior]] = {
+    "pixelcnn": PixelCNN,
+    "transformer": TransformerPrior,
+    "maskgit": MaskGITPrior,
+}
 
 
 def build_prior(cfg: PriorConfig) -> Prior:

@@ -14,7 +14,8 @@ the KV cache that sampling keeps is ``n_heads / n_kv_heads`` times smaller than 
 plain multi-head attention, which is what makes drawing 32x32 grids on a CPU
 affordable. Sampling feeds one cell at a time and reuses the cached keys and values
 of all earlier cells; the tests check that this gives the logits of a full forward
-pass.
+pass. Inpainting takes the same path, keeping the cells that are not masked: a masked
+cell is drawn given every cell before it, never those after it.
 """
 
 from __future__ import annotations
@@ -23,15 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oasisvq.prior.base import (
-    DEFAULT_OPTIONS,
-    Cond,
-    ConditionEmbedding,
-    Prior,
-    SamplingOptions,
-    guided_batch,
-    pick,
-)
+from oasisvq.prior.base import Cond, ConditionEmbedding, Draw, GuidedBatch, Prior, last_masked
 from oasisvq.prior.config import PriorConfig
 
 
@@ -51,9 +44,13 @@ class KVCache:
         self.v = torch.empty_like(self.k)
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: PriorConfig) -> None:
+class SelfAttention(nn.Module):
+    """Grouped-query self-attention; ``causal``: each slot attends to itself and earlier
+    slots only (the masked prior uses ``causal=False``: every slot sees every slot)."""
+
+    def __init__(self, cfg: PriorConfig, causal: bool = True) -> None:
         super().__init__()
+        self.causal = causal
         d, h, g = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
         if d % h or h % g:
             raise ValueError(
@@ -66,7 +63,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, t: int = 0) -> Tensor:
-        """Full pass: ``x (B, T, d)``, causal. Cached step: ``x (B, 1, d)`` is slot ``t``;
+        """Full pass: ``x (B, T, d)``. Cached step (causal only): ``x (B, 1, d)`` is slot ``t``;
         its keys/values are written to ``cache`` and it attends to slots ``0..t``."""
         b, n, d = x.shape
         hd, g, rep = self.head_dim, self.n_kv, self.n_heads // self.n_kv
@@ -78,7 +75,7 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(rep, dim=1)
             # no dropout on the attention weights: with it, SDPA falls back to the kernel that
             # materialises the (T, T) matrix, which makes a training step ~2.6x slower on CPU
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
             y = y.transpose(1, 2).reshape(b, n, d)
         else:
             cache.k[:, :, t : t + 1] = k
@@ -103,16 +100,34 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: PriorConfig) -> None:
+    def __init__(self, cfg: PriorConfig, causal: bool = True) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = SelfAttention(cfg, causal)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, t: int = 0) -> Tensor:
         x = x + self.attn(self.ln1(x), cache, t)
         return x + self.mlp(self.ln2(x))
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+
+
+def gpt_init(model: nn.Module, n_layers: int) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the residual
+    projections scaled down by depth."""
+    model.apply(_init)
+    for name, p in model.named_parameters():
+        if name.endswith("proj.weight"):
+            nn.init.normal_(p, 0.0, 0.02 / (2 * n_layers) ** 0.5)
 
 
 class TransformerPrior(Prior):
@@ -128,19 +143,7 @@ class TransformerPrior(Prior):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.codebook_size, bias=False)
-        self.apply(self._init)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):  # GPT-2: scale residual projections by depth
-                nn.init.normal_(p, 0.0, 0.02 / (2 * cfg.n_layers) ** 0.5)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+        gpt_init(self, cfg.n_layers)
 
     def positions(self) -> Tensor:
         """2D position embedding of every cell in raster order, ``(T, d)``."""
@@ -201,23 +204,21 @@ class TransformerPrior(Prior):
         return torch.stack(out, 1).view(*codes.shape, -1)
 
     @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: Cond | None = None,
-        options: SamplingOptions = DEFAULT_OPTIONS,
-        generator: torch.Generator | None = None,
+    def fill(
+        self, codes: Tensor, mask: Tensor, batch: GuidedBatch, draw: Draw, steps: int | None
     ) -> Tensor:
-        """``n`` grids ``(n, h, w)`` int64: one cell per step, with a KV cache. With
-        ``guidance`` other than 1 the batch holds each grid twice (conditional, unknown)."""
-        batch = guided_batch(self.cfg, cond, n, options.guidance)
+        """Draw the masked cells of ``codes (n, h, w)`` one at a time in raster order, each
+        given all cells before it, with a KV cache; stops after the last masked cell. With
+        guidance the batch holds each grid twice (conditional, unknown). ``steps`` is
+        ignored (one cell per step)."""
+        n = codes.shape[0]
         rows = batch.copies * n
+        out, todo = codes.flatten(1).clone(), mask.flatten(1)
         pos, cache = self.positions(), self.new_cache(rows)
         x = self.cond(batch.cond, rows) + pos[0]
-        out = torch.empty(n, self.cfg.cells, dtype=torch.long, device=pos.device)
-        for t in range(self.cfg.cells):
+        for t in range(last_masked(mask) + 1):
             logits = batch.logits(self.step(x, t, cache))  # (rows, K) -> (n, K)
-            out[:, t] = pick(logits, options.temperature, options.top_k, generator)
+            out[:, t] = torch.where(todo[:, t], draw.pick(logits), out[:, t])
             if t + 1 < self.cfg.cells:
                 x = self.tok(out[:, t].repeat(batch.copies)) + pos[t + 1]
-        return out.view(n, *self.cfg.grid)
+        return out.view_as(codes)

@@ -1,4 +1,6 @@
-"""A prior as a training task for the shared engine: cross-entropy over the code grid."""
+"""A prior as a training task for the shared engine: the prior's own cross-entropy loss
+(every cell given the earlier ones for an autoregressive prior, the masked cells for a
+masked prior), and its scores on held-out grids."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oasisvq.prior.base import Prior
@@ -17,8 +18,9 @@ LN2 = math.log(2.0)
 
 
 class PriorTask(EpochStatsless):
-    """Batches are ``{"codes": (B, h, w), "class": (B,), "position": (B,), "age": (B,)}``; the
-    loss is the mean cross-entropy per cell in nats; ``bits_per_image`` is logged beside it."""
+    """Batches are ``{"codes": (B, *grid), "class": (B,), "position": (B,), "age": (B,)}``; the
+    loss is the prior's ``training_loss``, in nats per predicted cell; for a prior with an
+    exact likelihood ``bits_per_image`` is logged beside it."""
 
     def __init__(self, model: Prior, train: CodeSet, val: CodeSet | None, batch_size: int) -> None:
         self.model = model
@@ -31,9 +33,11 @@ class PriorTask(EpochStatsless):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        codes = batch["codes"]
-        logits = model(codes, batch)
-        ce = F.cross_entropy(logits.flatten(0, 2).float(), codes.flatten())
+        # ``model`` is the wrapper the engine trains (DDP, compiled): the forward pass runs
+        # through it, so gradients are synchronised
+        ce = self.model.training_loss(batch["codes"], batch, forward=model)
+        if self.model.likelihood != "exact":
+            return ce, {}
         return ce, {"bits_per_image": ce.detach() * self.cells / LN2}
 
     @torch.no_grad()
@@ -57,13 +61,16 @@ def nll_per_image(
     batch_size: int = 256,
     cond_override: dict | None = None,
 ) -> np.ndarray:
-    """Negative log-likelihood of every grid in bits, ``(N,)`` float64, in fp32.
+    """Negative log-likelihood of every grid in bits, ``(N,)`` float64, in fp32: exact, or
+    for a masked prior an estimated upper bound (``model.likelihood``; repeatable: the
+    random draws come from a fixed seed).
 
     ``cond_override``: ``{"class": (N,), "position": (N,), "age": (N,)}`` arrays replacing the
     true conditions (e.g. wrong or unknown ones)."""
     was = model.training
     model.eval()
     out = []
+    gen = torch.Generator(device).manual_seed(0)
     with torch.autocast(device.type, enabled=False):
         for s in range(0, len(codes), batch_size):
             idx = slice(s, s + batch_size)
@@ -71,7 +78,7 @@ def nll_per_image(
             for k, v in (cond_override or {}).items():
                 cond[k] = torch.as_tensor(np.asarray(v)[idx]).to(device)
             x = torch.from_numpy(codes.codes[idx]).to(device)
-            out.append((model.nll(x, cond) / LN2).double().cpu())
+            out.append((model.scores(x, cond, gen).nll / LN2).double().cpu())
     model.train(was)
     return torch.cat(out).numpy()
 
@@ -80,22 +87,26 @@ def nll_per_image(
 def evaluate_nll(
     model: Prior, codes: CodeSet, device: torch.device, batch_size: int = 256
 ) -> dict[str, float]:
-    """Mean NLL (bits per image, nats per cell) and top-1 accuracy of the next code."""
+    """Mean NLL (bits per image, nats per cell; for a masked prior an estimated upper
+    bound, see ``nll_per_image``) and the top-1 accuracy of the predicted codes (the next
+    code; for a masked prior, the masked ones)."""
     was = model.training
     model.eval()
-    total, correct, n = 0.0, 0, 0
+    total, correct, predicted = 0.0, 0, 0
+    gen = torch.Generator(device).manual_seed(0)
     with torch.autocast(device.type, enabled=False):
         for s in range(0, len(codes), batch_size):
             idx = slice(s, s + batch_size)
             x = torch.from_numpy(codes.codes[idx]).to(device)
-            logits = model(x, codes.cond(idx, device)).float()
-            total += float(F.cross_entropy(logits.flatten(0, 2), x.flatten(), reduction="sum"))
-            correct += int((logits.argmax(-1) == x).sum())
-            n += x.numel()
+            r = model.scores(x, codes.cond(idx, device), gen)
+            total += float(r.nll.sum())
+            correct += int(r.correct.sum())
+            predicted += int(r.predicted.sum())
     model.train(was)
     cells = model.cfg.cells
+    n = max(1, len(codes)) * cells
     return {
         "nats_per_cell": total / n,
         "bits_per_image": total / n * cells / LN2,
-        "accuracy": correct / n,
+        "accuracy": correct / max(1, predicted),
     }
