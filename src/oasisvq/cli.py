@@ -260,13 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Sub-commands defined beside the code they run."""
-    from oasisvq import cli_data, cli_eval, cli_prior
+    from oasisvq import cli_data, cli_eval, cli_prior, cli_studio
 
     return [
         cli_eval.add_parsers,
         cli_prior.add_parsers,
         cli_data.add_download_parser,
         cli_data.add_prepare_parser,
+        cli_studio.add_parsers,
     ]
 
 
