@@ -14,11 +14,6 @@ import importlib.util
 import io
 import os
 import re
-import socket
-import subprocess
-import sys
-import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -29,25 +24,15 @@ from PIL import Image
 from studio_fixture import make_run
 
 import oasisvq
+from oasisvq.studio import driver
 
-CHROMIUM = os.environ.get("OASISVQ_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 30_000
 
 
 def _require() -> None:
     missing = [m for m in ("gradio", "playwright") if importlib.util.find_spec(m) is None]
-    if not Path(CHROMIUM).exists():
-        missing.append(CHROMIUM)
+    if not Path(driver.CHROMIUM).exists():
+        missing.append(driver.CHROMIUM)
     if missing:
         why = f"{', '.join(missing)} missing (bash tests/run.sh installs them)"
         if os.environ.get("CI"):
@@ -60,41 +45,18 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     """``oasisvq studio RUN --port P`` in a subprocess; yields its address."""
     _require()
     base = tmp_path_factory.mktemp("studio")
-    env = {**os.environ, "OASISVQ_CACHE": str(base / "cache")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(oasisvq.__file__).parents[1]), env.get("PYTHONPATH", "")]
-    )
+    cache = {"OASISVQ_CACHE": str(base / "cache")}
     run = os.environ.get("OASISVQ_STUDIO_RUN")
     if run is None:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("OASISVQ_CACHE", env["OASISVQ_CACHE"])
-            run = str(make_run(base))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "oasisvq", "studio", run, "--port", str(port)]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    url = _wait_for_address(proc, lines)
-    yield url
-    proc.terminate()
-    assert proc.wait(30) == 0, "".join(lines)  # SIGTERM stops it cleanly
-
-
-def _wait_for_address(proc: subprocess.Popen, lines: list[str]) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        found = [m for line in lines if (m := re.search(r"OASISVQ Studio: (http://\S+)", line))]
-        if found:
-            return found[0].group(1)
-        if proc.poll() is not None:
-            pytest.fail("the studio stopped:\n" + "".join(lines))
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("the studio printed no address:\n" + "".join(lines))
+            mp.setenv("OASISVQ_CACHE", cache["OASISVQ_CACHE"])
+            run = make_run(base)
+    try:
+        server = driver.Server(run, cache)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server.url
+    assert server.stop() == 0, server.log()  # SIGTERM stops it cleanly
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +64,7 @@ def browser(server: str):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = driver.launch(p)
         yield b
         b.close()
 
@@ -125,7 +87,7 @@ def _open(browser, server: str):
     """A new browser context (its own cookies: another user) on the page, once the page
     shows its first reconstruction (its viewport shows 16 samples without scrolling:
     the gallery loads its images lazily)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport=driver.VIEWPORT)
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     pg.requested = []
@@ -136,12 +98,7 @@ def _open(browser, server: str):
 
 
 def _loaded(pg, selector: str, n: int = 1) -> None:
-    """Wait until ``n`` images match ``selector`` and all of them have their pixels."""
-    pg.wait_for_function(
-        "([sel, n]) => { const im = [...document.querySelectorAll(sel)];"
-        " return im.length === n && im.every(i => i.complete && i.naturalWidth > 0); }",
-        arg=[selector, n],
-    )
+    driver.wait_loaded(pg, selector, n)
 
 
 def _pixels(pg, selector: str) -> np.ndarray:
@@ -194,6 +151,9 @@ def test_sample_shows_the_requested_images_and_a_zip(page, shots: Path) -> None:
 
 
 def test_upload_shows_its_reconstruction_and_ssim(page, shots: Path, tmp_path: Path) -> None:
+    if os.environ.get("OASISVQ_STUDIO_SCREENSHOT"):  # the docs' picture: a slice of the data
+        page.wait_for_timeout(1000)  # the page-load events' last updates
+        page.screenshot(path=os.environ["OASISVQ_STUDIO_SCREENSHOT"])
     path = tmp_path / "my-slice.png"
     Image.fromarray(blob_image(np.random.default_rng(1), 96)).save(path)
     page.set_input_files("#upload input[type=file]", path)
@@ -207,8 +167,6 @@ def test_upload_shows_its_reconstruction_and_ssim(page, shots: Path, tmp_path: P
     cells = page.locator("#recon-codes td[title*='code']")
     assert cells.count() in (64, 256, 1024)  # the grid, one hover title per cell
     page.screenshot(path=shots / "reconstruct.png", full_page=True)
-    if os.environ.get("OASISVQ_STUDIO_SCREENSHOT"):
-        page.screenshot(path=os.environ["OASISVQ_STUDIO_SCREENSHOT"])
 
 
 def test_edit_a_region_changes_the_image(page, shots: Path) -> None:

@@ -34,8 +34,8 @@ from oasisvq.studio.tab_images import codes_tab, reconstruct_tab
 from oasisvq.studio.tab_prior import sample_tab, surprise_tab
 
 CSS = """
-#recon-original img, #recon-output img, #recon-diff img, #edit-canvas img, #edit-before img,
-#surprise-map img, #code-tile img, #code-in-image img, .gallery img { image-rendering: pixelated; }
+.studio-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.gallery img { image-rendering: pixelated; }
 .code-grid { border-collapse: collapse; font: 11px monospace; text-align: center; }
 .code-grid td { padding: 0; border: 1px solid rgba(255, 255, 255, 0.35); }
 """

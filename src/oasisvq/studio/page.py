@@ -51,6 +51,7 @@ class Page:
         """An output image, sent as PNG (lossless: these are measurements)."""
         kw.setdefault("interactive", False)
         kw.setdefault("height", 280)
+        kw.setdefault("elem_classes", "studio-image")  # shown enlarged, pixels kept sharp
         return self.add(gr.Image(label=label, elem_id=elem_id, type="filepath", **kw))
 
     def png(self, image: np.ndarray) -> str:

@@ -21,7 +21,10 @@ def _present(page: Page, image: np.ndarray, label: str) -> list:
     """Outputs of the Reconstruct tab for ``image (S, S)`` uint8, and the new ``current``."""
     st = page.st
     r = backend.reconstruct(st, image)
-    text = f"**{render.escape(label)}** · SSIM **{r.ssim:.3f}** · PSNR **{r.psnr:.2f} dB**"
+    text = (
+        f"**{render.escape(label)}** · SSIM **{r.ssim:.3f}** · PSNR **{r.psnr:.2f} dB** · "
+        "difference: red where the reconstruction is brighter, blue where darker"
+    )
     return [
         page.png(image),
         render.code_grid_html(r.codes, st.codebook_size),
@@ -90,7 +93,7 @@ def reconstruct_tab(page: Page, demo: gr.Blocks) -> None:
                         page.image("recon-original", "original"),
                         page.add(gr.HTML(label="codes", elem_id="recon-codes")),
                         page.image("recon-output", "reconstruction"),
-                        page.image("recon-diff", "difference (red: brighter, blue: darker)"),
+                        page.image("recon-diff", "difference"),
                     ]
                 outputs.append(page.add(gr.Markdown(elem_id="recon-metrics")))
         volume = gr.State(None)  # inside the tab: a bare child of gr.Tabs breaks its tab bar
