@@ -28,7 +28,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
 from oasisvq.studio import backend
-from oasisvq.studio.page import Page, tab_training
+from oasisvq.studio.page import KEEP_S, Page, tab_training
 from oasisvq.studio.tab_edit import edit_tab
 from oasisvq.studio.tab_images import codes_tab, reconstruct_tab
 from oasisvq.studio.tab_prior import sample_tab, surprise_tab
@@ -70,10 +70,8 @@ class FileGuard:
 
 def build(st: backend.Studio, workdir: Path, public: bool = False) -> gr.Blocks:
     """The page for ``st``; files it writes go to ``workdir``."""
-    # files the page wrote (images shown, ZIPs) are removed after an hour, checked hourly
-    with gr.Blocks(
-        title="OASISVQ Studio", analytics_enabled=False, delete_cache=(3600, 3600)
-    ) as demo:
+    keep = (KEEP_S // 6, KEEP_S)  # Gradio's copies of what the page showed go after KEEP_S too
+    with gr.Blocks(title="OASISVQ Studio", analytics_enabled=False, delete_cache=keep) as demo:
         page = Page.create(st, workdir)
         gr.Markdown(_header(st, public), elem_id="header")
         with gr.Tabs(elem_id="tabs") as page.tabs:

@@ -3,8 +3,10 @@ inputs of a prior, error messages on the page, and the small Training tab."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from oasisvq.errors import ConfigError, OasisError
 from oasisvq.studio import backend, render
 
 UNKNOWN = "(unknown)"
+KEEP_S = 3600  # files the page made are removed after an hour
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Page:
     edit: gr.State
     tabs: gr.Tabs | None = None
     ui: dict = field(default_factory=dict)
+    purged: dict[str, float] = field(default_factory=dict)  # folder -> last clean-up
 
     @classmethod
     def create(cls, st: backend.Studio, workdir: Path) -> Page:
@@ -54,15 +58,34 @@ class Page:
         kw.setdefault("elem_classes", "studio-image")  # shown enlarged, pixels kept sharp
         return self.add(gr.Image(label=label, elem_id=elem_id, type="filepath", **kw))
 
+    def gallery(self, elem_id: str, label: str, columns: int) -> gr.Gallery:
+        """Output images in a grid; a click selects one (no enlarged preview)."""
+        return self.add(
+            gr.Gallery(label=label, columns=columns, allow_preview=False, elem_id=elem_id)
+        )
+
     def png(self, image: np.ndarray) -> str:
         """``image`` (``(H, W)`` or ``(H, W, 3)``, uint8 or float in [0, 1]) as a PNG file of
         its own, for an output. Gradio's own caching of arrays names a file by its pixels
         and rewrites it in place, so a browser fetching the same pixels meanwhile gets a
         truncated file; a new file per image avoids it (Gradio copies files atomically)."""
-        path = self.workdir / "png" / f"{uuid.uuid4().hex}.png"
-        path.parent.mkdir(exist_ok=True)
+        path = self.output("png", f"{uuid.uuid4().hex}.png")
         Image.fromarray(render.as_uint8(image)).save(path)
         return str(path)
+
+    def output(self, folder: str, name: str) -> Path:
+        """A path in ``folder`` of the page's folder for a file the page writes; the
+        folder's files older than ``KEEP_S`` go (Gradio removes only its own copies)."""
+        root = self.workdir / folder
+        root.mkdir(exist_ok=True)
+        now = time.time()
+        if now - self.purged.get(folder, 0.0) > KEEP_S / 6:  # look every 10 minutes at most
+            self.purged[folder] = now
+            for old in root.iterdir():
+                with contextlib.suppress(FileNotFoundError):  # another thread was first
+                    if now - old.stat().st_mtime > KEEP_S:
+                        old.unlink()
+        return root / name
 
     def priors(self) -> list[str]:
         return backend.prior_names(self.st)

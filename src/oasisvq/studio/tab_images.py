@@ -163,30 +163,14 @@ def codes_tab(page: Page) -> None:
         gr.Markdown("Click a code: what a grid of it alone decodes to, and where it occurs.")
         with gr.Row():
             with gr.Column(scale=2):
-                book = page.add(
-                    gr.Gallery(
-                        label="codebook",
-                        columns=8,
-                        format="png",
-                        allow_preview=False,
-                        elem_id="codebook",
-                    )
-                )
+                book = page.gallery("codebook", "codebook", 8)
                 usage = page.add(gr.BarPlot(x="code", y="count", elem_id="code-usage", height=240))
             with gr.Column(scale=3):
                 info = page.add(gr.Markdown(elem_id="code-info"))
                 with gr.Row():
                     tile = page.image("code-tile", "a grid of this code, decoded")
                     here = page.image("code-in-image", "where it occurs in the current image")
-                examples = page.add(
-                    gr.Gallery(
-                        label="training images where it occurs most",
-                        columns=4,
-                        format="png",
-                        allow_preview=False,
-                        elem_id="code-examples",
-                    )
-                )
+                examples = page.gallery("code-examples", "training images where it occurs most", 4)
 
     @guarded
     def load_book() -> list:

@@ -62,15 +62,7 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
                 ]
                 go = page.add(gr.Button("Sample", variant="primary", elem_id="sample-btn"))
             with gr.Column(scale=3):
-                gallery = page.add(
-                    gr.Gallery(
-                        label="samples",
-                        columns=8,
-                        format="png",
-                        allow_preview=False,
-                        elem_id="samples",
-                    )
-                )
+                gallery = page.gallery("samples", "samples", 8)
                 with gr.Row():
                     nearest = page.add(
                         gr.Button(
@@ -102,7 +94,7 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
 
     @guarded
     def zip_samples(s: backend.Samples | None):
-        path = page.workdir / "exports" / f"samples-{uuid.uuid4().hex[:8]}.zip"
+        path = page.output("exports", f"samples-{uuid.uuid4().hex[:8]}.zip")
         return gr.update(value=str(backend.export_zip(need(s, "sample"), path)), interactive=True)
 
     @guarded
