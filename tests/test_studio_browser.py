@@ -209,6 +209,21 @@ def test_surprise_map_appears(page, shots: Path) -> None:
     page.screenshot(path=shots / "surprise.png", full_page=True)
 
 
+def test_codes_tab_shows_a_code_and_where_it_occurs(page) -> None:
+    _tab(page, "Codes")
+    page.locator("#codebook button.thumbnail-item").nth(1).click()
+    page.locator("#code-info", has_text="code 1").wait_for()
+    assert re.search(r"code 1\*?\*?: \d+ cells", page.inner_text("#code-info"))
+    _loaded(page, "#code-tile img")
+    _loaded(page, "#code-in-image img")
+
+
+def test_training_tab_shows_curves_and_evaluations(page) -> None:
+    _tab(page, "Training")
+    page.locator("#eval-summary", has_text="eval-").wait_for()
+    page.locator("#curves canvas, #curves svg").first.wait_for()
+
+
 def _raw(url: str, method: str, path: str, body: bytes | None = None, headers=None) -> int:
     """Status of a request sent as written (no URL clean-up, unlike a browser's)."""
     host, port = url.split("//")[1].strip("/").split(":")

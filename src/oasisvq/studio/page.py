@@ -58,6 +58,22 @@ class Page:
         kw.setdefault("elem_classes", "studio-image")  # shown enlarged, pixels kept sharp
         return self.add(gr.Image(label=label, elem_id=elem_id, type="filepath", **kw))
 
+    def button(self, elem_id: str, label: str, primary: bool = False) -> gr.Button:
+        variant = "primary" if primary else "secondary"
+        return self.add(gr.Button(label, variant=variant, elem_id=elem_id))
+
+    def slider(self, elem_id: str, label: str, lo: float, hi: float, value: float, step=1.0):
+        return self.add(gr.Slider(lo, hi, value=value, step=step, label=label, elem_id=elem_id))
+
+    def integer(self, elem_id: str, label: str, value: int = 0) -> gr.Number:
+        return self.add(gr.Number(value, precision=0, label=label, elem_id=elem_id))
+
+    def prior_choice(self, prefix: str) -> gr.Dropdown:
+        """The run's priors, the newest chosen."""
+        names = self.priors()
+        newest = names[-1] if names else None
+        return self.add(gr.Dropdown(names, value=newest, label="prior", elem_id=f"{prefix}-prior"))
+
     def gallery(self, elem_id: str, label: str, columns: int) -> gr.Gallery:
         """Output images in a grid; a click selects one (no enlarged preview)."""
         return self.add(
@@ -140,6 +156,22 @@ def condition_updates(page: Page, prior: str | None) -> list:
     shown = [k in info.conditions for k in backend.CONDITION_KEYS]
     classes = gr.update(choices=[UNKNOWN, *info.class_names], value=UNKNOWN, visible=shown[0])
     return [classes, *(gr.update(visible=s) for s in shown[1:])]
+
+
+def wire_conditions(page: Page, demo: gr.Blocks, prior, conds: list, guidance=None) -> None:
+    """Show the condition inputs (and let guidance move) as the chosen prior takes them."""
+
+    @guarded
+    def update(name: str | None) -> list:
+        out = condition_updates(page, name)
+        if guidance is not None:
+            ok = bool(name) and backend.prior_info(page.st, name).guidance
+            out.append(gr.update(interactive=ok, value=1))
+        return out
+
+    targets = [*conds, guidance] if guidance is not None else conds
+    prior.change(update, prior, targets)
+    demo.load(update, prior, targets)
 
 
 def conditions(cls: str, position: float | None, age: float | None, sex: str) -> dict:

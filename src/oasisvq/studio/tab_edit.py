@@ -8,8 +8,14 @@ import gradio as gr
 import numpy as np
 
 from oasisvq.studio import backend, render
-from oasisvq.studio.page import Page, condition_inputs, conditions, guarded, need
-from oasisvq.studio.tab_prior import _prior_choice, _wire_conditions
+from oasisvq.studio.page import (
+    Page,
+    condition_inputs,
+    conditions,
+    guarded,
+    need,
+    wire_conditions,
+)
 
 TOOLS = ["brush", "rectangle"]
 # the canvas is sent at least this large: Gradio maps a click on an image shown larger
@@ -66,37 +72,21 @@ def edit_tab(page: Page, demo: gr.Blocks) -> None:
     with gr.Tab("Edit", id="edit"):
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                load = page.add(
-                    gr.Button("Edit the Reconstruct tab's image", elem_id="edit-load-current")
-                )
+                load = page.button("edit-load-current", "Edit the Reconstruct tab's image")
                 tool = page.add(
                     gr.Radio(TOOLS, value=TOOLS[0], label="select cells with", elem_id="edit-tool")
                 )
-                brush = page.add(
-                    gr.Slider(1, 4, value=1, step=1, label="brush (cells)", elem_id="brush-size")
-                )
+                brush = page.slider("brush-size", "brush (cells)", 1, 4, 1)
                 with gr.Row():
-                    everything = page.add(gr.Button("Select all", elem_id="select-all"))
-                    clear = page.add(gr.Button("Clear", elem_id="select-clear"))
-                prior = _prior_choice(page, "edit")
+                    everything = page.button("select-all", "Select all")
+                    clear = page.button("select-clear", "Clear")
+                prior = page.prior_choice("edit")
                 conds = condition_inputs(page, "edit")
-                temperature = page.add(
-                    gr.Slider(
-                        0, 2, value=1, step=0.05, label="temperature", elem_id="edit-temperature"
-                    )
-                )
-                seed = page.add(gr.Number(0, precision=0, label="seed", elem_id="edit-seed"))
-                resample = page.add(
-                    gr.Button(
-                        "Resample the selected cells", variant="primary", elem_id="resample-btn"
-                    )
-                )
-                code = page.add(
-                    gr.Number(0, precision=0, minimum=0, label="code", elem_id="edit-code")
-                )
-                set_code = page.add(
-                    gr.Button("Set the selected cells to this code", elem_id="set-code-btn")
-                )
+                temperature = page.slider("edit-temperature", "temperature", 0, 2, 1, 0.05)
+                seed = page.integer("edit-seed", "seed")
+                resample = page.button("resample-btn", "Resample the selected cells", primary=True)
+                code = page.integer("edit-code", "code")
+                set_code = page.button("set-code-btn", "Set the selected cells to this code")
             with gr.Column(scale=3):
                 with gr.Row():
                     before = page.image("edit-before", "before")
@@ -158,4 +148,4 @@ def edit_tab(page: Page, demo: gr.Blocks) -> None:
         redraw, [page.edit, prior, *conds, temperature, seed], view, concurrency_id="model"
     )
     set_code.click(set_to, [page.edit, code], view, concurrency_id="model")
-    _wire_conditions(page, demo, prior, conds)
+    wire_conditions(page, demo, prior, conds)

@@ -73,10 +73,8 @@ def reconstruct_tab(page: Page, demo: gr.Blocks) -> None:
                 subject = page.add(
                     gr.Dropdown([ANY], value=ANY, label="subject", elem_id="subject-filter")
                 )
-                index = page.add(
-                    gr.Slider(0, 1000, value=0, step=1, label="image", elem_id="image-index")
-                )
-                show = page.add(gr.Button("Reconstruct", variant="primary", elem_id="recon-btn"))
+                index = page.slider("image-index", "image", 0, 1000, 0)
+                show = page.button("recon-btn", "Reconstruct", primary=True)
                 upload = page.add(
                     gr.File(
                         label="or upload a PNG/JPEG slice or a NIfTI volume (20 MB at most)",

@@ -10,18 +10,9 @@ import gradio as gr
 import numpy as np
 
 from oasisvq.studio import backend, render
-from oasisvq.studio.page import Page, condition_inputs, condition_updates, conditions, guarded, need
+from oasisvq.studio.page import Page, condition_inputs, conditions, guarded, need, wire_conditions
 
 NO_PRIOR = "This run has no prior yet: `oasisvq train-prior RUN --prior transformer` trains one."
-
-
-def _prior_choice(page: Page, prefix: str) -> gr.Dropdown:
-    names = page.priors()
-    return page.add(
-        gr.Dropdown(
-            names, value=names[-1] if names else None, label="prior", elem_id=f"{prefix}-prior"
-        )
-    )
 
 
 def sample_tab(page: Page, demo: gr.Blocks) -> None:
@@ -30,46 +21,23 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
             gr.Markdown(NO_PRIOR)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                prior = _prior_choice(page, "sample")
+                prior = page.prior_choice("sample")
                 conds = condition_inputs(page, "sample")
                 knobs = [
-                    page.add(
-                        gr.Slider(
-                            0, 4, value=1, step=0.1, label="guidance (1: none)", elem_id="guidance"
-                        )
-                    ),
-                    page.add(
-                        gr.Slider(
-                            0, 2, value=1, step=0.05, label="temperature", elem_id="temperature"
-                        )
-                    ),
-                    page.add(
-                        gr.Number(
-                            0, precision=0, minimum=0, label="top-k (0: all codes)", elem_id="top-k"
-                        )
-                    ),
-                    page.add(gr.Number(0, precision=0, label="seed", elem_id="seed")),
-                    page.add(
-                        gr.Slider(
-                            1,
-                            backend.MAX_SAMPLES,
-                            value=16,
-                            step=1,
-                            label="samples",
-                            elem_id="count",
-                        )
-                    ),
+                    page.slider("guidance", "guidance (1: none)", 0, 4, 1, 0.1),
+                    page.slider("temperature", "temperature", 0, 2, 1, 0.05),
+                    page.integer("top-k", "top-k (0: all codes)"),
+                    page.integer("seed", "seed"),
+                    page.slider("count", "samples", 1, backend.MAX_SAMPLES, 16),
                 ]
-                go = page.add(gr.Button("Sample", variant="primary", elem_id="sample-btn"))
+                go = page.button("sample-btn", "Sample", primary=True)
             with gr.Column(scale=3):
                 gallery = page.gallery("samples", "samples", 8)
                 with gr.Row():
-                    nearest = page.add(
-                        gr.Button(
-                            "Nearest training image of the selected sample", elem_id="nearest-btn"
-                        )
+                    nearest = page.button(
+                        "nearest-btn", "Nearest training image of the selected sample"
                     )
-                    page.add(gr.Button("Edit the selected sample", elem_id="edit-sample-btn"))
+                    page.button("edit-sample-btn", "Edit the selected sample")
                     download = page.add(
                         gr.DownloadButton("Download ZIP", elem_id="zip", interactive=False)
                     )
@@ -114,23 +82,7 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
     nearest.click(
         nearest_of, [page.samples, page.selected], [near_image, near_text], concurrency_id="model"
     )
-    _wire_conditions(page, demo, prior, conds, knobs[0])
-
-
-def _wire_conditions(page: Page, demo: gr.Blocks, prior, conds: list, guidance=None) -> None:
-    """Show the condition inputs (and guidance) that the chosen prior takes."""
-
-    @guarded
-    def update(name: str | None) -> list:
-        out = condition_updates(page, name)
-        if guidance is not None:
-            ok = bool(name) and backend.prior_info(page.st, name).guidance
-            out.append(gr.update(interactive=ok, value=1))
-        return out
-
-    targets = [*conds, guidance] if guidance is not None else conds
-    prior.change(update, prior, targets)
-    demo.load(update, prior, targets)
+    wire_conditions(page, demo, prior, conds, knobs[0])
 
 
 # --------------------------------------------------------------------------- surprise
@@ -165,11 +117,9 @@ def surprise_tab(page: Page, demo: gr.Blocks) -> None:
                 which = page.add(
                     gr.Radio(SOURCES, value=SOURCES[0], label="of", elem_id="surprise-source")
                 )
-                prior = _prior_choice(page, "surprise")
+                prior = page.prior_choice("surprise")
                 conds = condition_inputs(page, "surprise")
-                go = page.add(
-                    gr.Button("Show the surprise map", variant="primary", elem_id="surprise-btn")
-                )
+                go = page.button("surprise-btn", "Show the surprise map", primary=True)
             with gr.Column(scale=3):
                 heat = page.image("surprise-map", "surprise over the image")
                 text = page.add(gr.Markdown(elem_id="surprise-text"))
@@ -193,4 +143,4 @@ def surprise_tab(page: Page, demo: gr.Blocks) -> None:
 
     inputs = [which, page.current, page.edit, page.samples, page.selected, prior, *conds]
     go.click(show, inputs, [heat, text], concurrency_id="model")
-    _wire_conditions(page, demo, prior, conds)
+    wire_conditions(page, demo, prior, conds)
