@@ -12,10 +12,10 @@ import argparse
 import os
 import sys
 
-from oasisvq.cli import data, evaluate, prior, train
+from oasisvq.cli import data, evaluate, prior, studio, train
 from oasisvq.errors import Interrupted, OasisError
 
-COMMAND_MODULES = (data, train, prior, evaluate)
+COMMAND_MODULES = (data, train, prior, evaluate, studio)
 EXIT_INTERRUPTED = 130
 
 
