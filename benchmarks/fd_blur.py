@@ -1,6 +1,6 @@
 """How far blur alone moves the Fréchet distance of ``oasisvq evaluate-samples``; one JSON result.
 
-    python benchmarks/fd_blur.py --run runs/mid --split validate \
+    python -m benchmarks.fd_blur --run runs/mid --split validate \
         --out benchmarks/results/fd_blur-mid.json
 
 Decoded images (reconstructions and samples) are smoother than real slices. To read a
@@ -15,29 +15,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, save_result  # noqa: E402
-
-from oasisvq.data.loader import get_split, load_splits  # noqa: E402
-from oasisvq.evaluate.features import extract, feature_net, frechet_distance  # noqa: E402
-from oasisvq.evaluate.samples import frechet_reference  # noqa: E402
-from oasisvq.train.prior_run import data_options, vqvae_config  # noqa: E402
+import oasisvq
+from benchmarks import plots
+from benchmarks.machine import command_line, machine_info, save_result
+from oasisvq.evaluate.features import extract, feature_net, frechet_distance
+from oasisvq.evaluate.reference import frechet_reference
 
 
 def blur_distances(args: argparse.Namespace) -> dict:
-    run = Path(args.run)
-    vq = vqvae_config(run)
-    root = args.data or vq.get("data_root")
-    splits = load_splits(root, data_options(vq))
-    held, train = get_split(splits, args.split, root), get_split(splits, "train", root)
-    fnet = feature_net(run, root, vq["data"], train, splits.get("validate"))
+    run = oasisvq.load(args.run)
+    root = args.data if args.data is not None else run.data_root
+    splits = run.splits(args.data)
+    held, train = run.split(args.split, args.data), run.split("train", args.data)
+    fnet = feature_net(run.path, root, run.saved["data"], train, splits.get("validate"))
     rng = np.random.default_rng(args.seed)
     f_held, ref_idx, f_ref = frechet_reference(fnet, held.images, train.images, args.n, rng)
     reference = np.asarray(train.images)[ref_idx].astype(np.float32) / 255.0  # (n, S, S)
@@ -49,24 +44,21 @@ def blur_distances(args: argparse.Namespace) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     return {
         "benchmark": "fd_blur",
-        "run": str(run),
-        "preset": vq["model"]["name"],
+        "run": str(run.path),
+        "preset": run.config.name,
         "split": args.split,
         "n_held_out": len(held),
         "n_reference": len(ref_idx),
         "seed": args.seed,
         "frechet_distance_real_vs_real": frechet_distance(f_held["features"], f_ref["features"]),
         "rows": rows,
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command_line(),
         "machine": machine_info(),
     }
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     sigmas = [r["sigma"] for r in result["rows"]]
@@ -81,9 +73,7 @@ def plot(result: dict, path: Path) -> None:
         title=f"real training slices blurred, {result['split']}",
     )
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, dpi=120)
 
 
 def main() -> None:

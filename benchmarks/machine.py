@@ -1,14 +1,18 @@
-"""What machine a benchmark ran on: recorded beside every number."""
+"""What every benchmark records beside its numbers: the machine and the command, and the
+one way results are written."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import resource
+import shlex
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from oasisvq.device import cpu_has_native_bf16
@@ -49,28 +53,35 @@ def cpu_label(m: dict) -> str:
     return f"{m['cpu']} ({m['cpu_capability']}{bf16})"
 
 
+def command_line() -> str:
+    """How this benchmark was started: ``python -m benchmarks.NAME ARGS``."""
+    module = getattr(sys.modules["__main__"].__spec__, "name", None)
+    start = ["python", "-m", module] if module else ["python", sys.argv[0]]
+    return shlex.join([*start, *sys.argv[1:]])
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != "darwin" else r / 2**20
+
+
+def json_default(o: object) -> object:
+    """What ``json.dumps`` cannot write by itself: numpy scalars and sets (else the text)."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, set):
+        return sorted(o)
+    return str(o)
+
+
 def save_result(
-    result: dict,
-    out: str | Path,
-    plot: Callable[[dict, Path], None] | None = None,
-    default: Callable | None = None,
+    result: dict, out: str | Path, plot: Callable[[dict, Path], None] | None = None
 ) -> None:
     """Write a benchmark's JSON result to ``out`` and, with ``plot``, its figure beside it
     (``.png``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=default))
+    out.write_text(json.dumps(result, indent=2, default=json_default))
     if plot is not None:
         plot(result, out.with_suffix(".png"))
-
-
-@contextmanager
-def sample_options(prior: torch.nn.Module, **kw: object) -> Iterator[None]:
-    """Within the block ``prior.sample`` also gets the keywords ``kw`` (e.g. ``steps`` of a
-    masked prior, ``window`` of the PixelCNN) whoever calls it (``sample_codes``)."""
-    original = prior.sample
-    prior.sample = lambda *a, **k: original(*a, **kw, **k)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        prior.sample = original  # type: ignore[method-assign]

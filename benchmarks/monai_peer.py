@@ -1,8 +1,8 @@
 """MONAI's VQ-VAE beside ours, trained the same way for the same budget; one JSON result.
 
-    python benchmarks/monai_peer.py --data ../shared/data/alzheimer-mri --preset seed \
+    python -m benchmarks.monai_peer --data ../shared/data/alzheimer-mri --preset seed \
         --minutes 20 --monai-shape default --out benchmarks/results/monai_seed-default.json
-    python benchmarks/monai_peer.py --data ... --preset compact --ours-run runs/compact \
+    python -m benchmarks.monai_peer --data ... --preset compact --ours-run runs/compact \
         --minutes 20 --out ...      # ours from an already-trained run (not retrained)
 
 The peer is ``monai.networks.nets.VQVAE`` (``spatial_dims=2``, one channel in and out)
@@ -47,10 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -61,15 +58,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, save_result  # noqa: E402
-
-from oasisvq.data.loader import DataOptions, get_split, load_splits  # noqa: E402
-from oasisvq.model.presets import VQVAEConfig, get_preset  # noqa: E402
-from oasisvq.model.vqvae import VQVAE, VQOutput, count_params  # noqa: E402
-from oasisvq.train.config import TrainConfig  # noqa: E402
-from oasisvq.train.engine import Engine, _lr_lambda  # noqa: E402
-from oasisvq.train.vqvae_task import VQVAETask  # noqa: E402
+import oasisvq
+from benchmarks import plots
+from benchmarks.machine import (
+    command_line,
+    machine_info,
+    peak_rss_mib,
+    save_result,
+)
+from oasisvq.data.loader import get_split, load_splits
+from oasisvq.data.options import DataOptions
+from oasisvq.data.slices import SliceSet
+from oasisvq.evaluate.reconstruction import evaluate_slices
+from oasisvq.model.presets import VQVAEConfig, get_preset
+from oasisvq.model.vqvae import VQVAE, VQOutput, count_params
+from oasisvq.train.config import TrainConfig
+from oasisvq.train.engine import Engine, lr_schedule
+from oasisvq.train.vqvae_task import VQVAETask
 
 MONAI_DEFAULT_WIDTHS = (96, 96, 192)  # monai.networks.nets.VQVAE's default channels
 MONAI_DEFAULT_RES_LAYERS = 3  # and its default num_res_layers
@@ -88,7 +93,7 @@ class MonaiVQVAE(nn.Module):
         **monai_kwargs: object,
     ) -> None:
         super().__init__()
-        from monai.networks.nets import VQVAE as MonaiNet
+        from monai.networks.nets import VQVAE as MonaiNet  # lazy: the optional `bench` extra
 
         levels = len(cfg.widths)
         if shape == "default":
@@ -134,17 +139,11 @@ class MonaiVQVAE(nn.Module):
 
 
 # ---------------------------------------------------------------- one model, one process
-def _peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``ru_maxrss`` is KiB on Linux)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if sys.platform != "darwin" else r / 2**20
-
-
 def _time_lambda(cfg: TrainConfig, budget_s: float, clock: dict):
     """LR factor from the elapsed fraction of the training budget (warm-up, then cosine).
     The schedule is laid over 10,000 virtual steps, so its warm-up is ``warmup_fraction`` of
     the budget; ``warmup_steps`` (a count of real steps) never binds here."""
-    shape = _lr_lambda(cfg, 10_000)
+    shape = lr_schedule(cfg, 10_000)
 
     def f(_step: int) -> float:
         t0 = clock.get("start")
@@ -154,20 +153,25 @@ def _time_lambda(cfg: TrainConfig, budget_s: float, clock: dict):
     return f
 
 
-def train_and_measure(args: argparse.Namespace, which: str) -> dict:
-    """Train ``which`` ("ours" or "monai") as configured by ``args`` and measure it."""
-    from oasisvq.evaluate.reconstruction import evaluate_slices
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = get_preset(args.preset)
-    splits = load_splits(args.data, DataOptions(size=cfg.image_size))
+def _data(args: argparse.Namespace, size: int) -> tuple[SliceSet, SliceSet]:
+    """The training images (the first ``--limit``) and the evaluation split (the first
+    ``--eval-limit``) at ``size``."""
+    splits = load_splits(args.data, DataOptions(size=size))
     train = get_split(splits, "train", args.data)
     val = get_split(splits, args.eval_split, args.data)
     if args.limit:
         train = train.subset(np.arange(min(args.limit, len(train))))
     if args.eval_limit:
         val = val.subset(np.arange(min(args.eval_limit, len(val))))
+    return train, val
+
+
+def train_and_measure(args: argparse.Namespace, which: str) -> dict:
+    """Train ``which`` ("ours" or "monai") as configured by ``args`` and measure it."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_preset(args.preset)
+    train, val = _data(args, cfg.image_size)
     torch.manual_seed(args.seed)
     if which == "ours":
         model: nn.Module = VQVAE(cfg)
@@ -206,12 +210,12 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         done = False
         while not done:
             task.start_epoch()
-            for batch in engine._loader(epoch):
+            for batch in engine.epoch_loader(epoch):
                 if budget and time.perf_counter() - start >= budget:
                     done = True
                     break
                 x = task.to_device(batch, device)
-                logs = engine._step(x)
+                logs = engine.train_step(x)
                 losses.append(float(logs["loss"]))
                 times.append(time.perf_counter() - start)
                 n_images += len(x)
@@ -225,7 +229,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu0
-        train_rss = _peak_rss_mib()
+        train_rss = peak_rss_mib()
         cuda_peak = (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         )
@@ -272,7 +276,7 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         "eval": {**summary, "seconds": eval_seconds, "split": args.eval_split},
         "code_grid": code_grid,
         "index_quantize_matches_adapter": check,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "device": str(device),
         "machine": machine_info(),
     }
@@ -292,10 +296,7 @@ def _curve(times: list[float], losses: list[float], points: int = 200) -> list[l
 
 def plot(result: dict, path: Path) -> None:
     """Training loss against wall-clock seconds for both models, and their SSIM and rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8))
     who = (("ours", "oasisvq", "C0"), ("peer", f"MONAI {result['monai']}", "C1"))
@@ -320,34 +321,21 @@ def plot(result: dict, path: Path) -> None:
         f"({result['machine']['cpu']})",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
 
 
 def measure_ours_run(args: argparse.Namespace) -> dict:
     """Evaluate an already-trained run of ours; training figures from its history."""
-    from oasisvq.api import load_vqvae
-
-    from oasisvq.evaluate.reconstruction import evaluate_slices
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    model = load_vqvae(args.ours_run, device)
+    run = oasisvq.load(args.ours_run, args.device)
+    model, device = run.vqvae, run.device
     if model.cfg.name != args.preset:
         print(
             f"warning: --ours-run is preset {model.cfg.name!r}, not {args.preset!r}",
             file=sys.stderr,
         )
-    splits = load_splits(args.data, DataOptions(size=model.cfg.image_size))
-    val = get_split(splits, args.eval_split, args.data)
-    if args.eval_limit:
-        val = val.subset(np.arange(min(args.eval_limit, len(val))))
+    _, val = _data(args, model.cfg.image_size)
     history = json.loads((Path(args.ours_run) / "history.json").read_text())
     seconds = sum(r["epoch_seconds"] for r in history)
     images = sum(r["epoch_seconds"] * r["train_images_per_second"] for r in history)
@@ -379,7 +367,8 @@ def _worker(args: argparse.Namespace, which: str, argv: list[str]) -> dict:
         out = Path(tmp) / f"{which}.json"
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            __spec__.name,
             *argv,
             "--worker",
             which,
@@ -413,7 +402,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
     p.add_argument("--preset", required=True)
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="wall-clock training budget per model")
@@ -455,17 +444,17 @@ def main() -> int:
 
     if args.worker:
         result = train_and_measure(args, args.worker)
-        Path(args.worker_out).write_text(json.dumps(result, indent=2, default=_json_default))
+        save_result(result, args.worker_out)
         return 0
 
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     argv = list(sys.argv[1:])  # the workers' arguments: all but --ours-run
     if args.ours_run:
         argv = [a for a in argv if not a.startswith("--ours-run=")]
         if "--ours-run" in argv:
             i = argv.index("--ours-run")
             del argv[i : i + 2]
-    import monai
+    import monai  # lazy: the optional `bench` extra
 
     monai_result = _worker(args, "monai", argv)
     ours = measure_ours_run(args) if args.ours_run else _worker(args, "ours", argv)
@@ -493,7 +482,7 @@ def main() -> int:
         "command": command,
         "machine": machine_info(),
     }
-    save_result(result, args.out, plot, default=_json_default)
+    save_result(result, args.out, plot)
     show = {
         who: {
             "ssim": round(r["eval"]["ssim_mean"], 4),
@@ -507,16 +496,6 @@ def main() -> int:
     }
     print(json.dumps(show))
     return 0
-
-
-def _json_default(o: object) -> object:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, tuple | set):
-        return list(o)
-    return str(o)
 
 
 if __name__ == "__main__":

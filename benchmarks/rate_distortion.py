@@ -1,6 +1,6 @@
 """Rate-distortion of classic image codecs beside the VQ-VAE runs; one JSON and one plot.
 
-    python benchmarks/rate_distortion.py --data ../shared/data/alzheimer-mri --split validate \
+    python -m benchmarks.rate_distortion --data ../shared/data/alzheimer-mri --split validate \
         --runs runs/seed runs/compact --out benchmarks/results/rate_distortion.json \
         --plot benchmarks/results/rate_distortion.png
 
@@ -25,9 +25,9 @@ the quantizer, on the run's own data pipeline), and the size of its code grid at
 When the run holds trained priors (``RUN/priors/<name>/``), the prior's negative
 log-likelihood of the split's code grids is the size an arithmetic coder driven by
 that prior would reach (within a few bits per image); it is reported as a second
-marker per prior. Without a loadable prior, a ``RUN/priors/<name>/eval-samples/
-metrics.json`` with ``nll_bits_per_image`` is used (it may be on another split; the
-split is recorded). The empirical code entropy (a unigram bound) is recorded too.
+marker per prior. For a prior folder without a checkpoint, a ``RUN/priors/<name>/
+eval-samples/metrics.json`` with ``nll_bits_per_image`` is used (it may be on another
+split; the split is recorded). The empirical code entropy (a unigram bound) is recorded too.
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -48,11 +46,16 @@ import numpy as np
 import torch
 from PIL import Image, features
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-
-from oasisvq import metrics  # noqa: E402
-from oasisvq.data.loader import DataOptions, get_split, load_splits  # noqa: E402
+import oasisvq
+from benchmarks import plots
+from benchmarks.machine import command_line, machine_info, save_result
+from oasisvq import metrics
+from oasisvq.data.loader import get_split, load_splits
+from oasisvq.data.options import DataOptions
+from oasisvq.data.slices import SliceSet
+from oasisvq.evaluate.reconstruction import evaluate_slices
+from oasisvq.runs import Run, checkpoint
+from oasisvq.train.prior_task import nll_per_image
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
@@ -196,96 +199,65 @@ def lossless_reference(images: np.ndarray, workers: int = 1) -> dict:
 
 
 # ---------------------------------------------------------------- VQ-VAE runs
-def run_data_options(run_dir: Path) -> tuple[DataOptions, str | None]:
-    """The data options and data root a run was trained with."""
-    from oasisvq.train.prior_run import data_options, vqvae_config
-
-    saved = vqvae_config(run_dir)
-    return data_options(saved), saved.get("data_root")
-
-
-def prior_nll(run_dir: Path, slices, split: str, vqvae, device: torch.device) -> list[dict]:
+def prior_nll(run: Run, slices: SliceSet, split: str) -> list[dict]:
     """NLL in bits per image of ``slices``' code grids under every trained prior of
-    ``run_dir`` (computed now), or from a saved samples evaluation when the prior does
-    not load. An empty list when the run has no prior."""
-    from oasisvq.prior.data import CodeSet, encode_images
-    from oasisvq.train.prior_run import load_prior, trained_priors
-    from oasisvq.train.prior_task import nll_per_image
-
+    ``run`` (computed now), or from a saved samples evaluation for a prior folder without
+    a checkpoint. An empty list when the run has no prior."""
     out: list[dict] = []
-    names = trained_priors(run_dir)
-    root = run_dir / "priors"
+    names = run.priors()
+    root = run.path / "priors"
     extra = (
         sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names)
         if root.is_dir()
         else []
     )
-    codes = None
-    for name in names + extra:
-        row: dict = {"prior": name}
-        try:
-            if name not in names:
-                raise FileNotFoundError("no checkpoint")
-            prior, saved = load_prior(run_dir, name, device)
-            if codes is None:
-                codes = CodeSet(
-                    encode_images(vqvae, slices.images, device),
-                    slices.classes,
-                    slices.positions,
-                    slices.ages,
-                )
-            nll = nll_per_image(prior, codes, device)
-            from oasisvq.runs import checkpoint
-
-            row.update(
-                source="computed",
-                split=split,
-                arch=saved["prior"].get("arch"),
-                checkpoint=checkpoint.latest(root / name).name,
-                epochs_planned=saved.get("train", {}).get("epochs"),
-                nll_bits_per_image=float(nll.mean()),
-                nll_bits_per_image_std=float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
-            )
-        except Exception as err:  # noqa: BLE001 - fall back to a saved evaluation
-            saved_eval = root / name / "eval-samples" / "metrics.json"
-            if not saved_eval.exists():
-                print(f"{run_dir}: prior {name!r} skipped ({err})", file=sys.stderr)
-                continue
-            r = json.loads(saved_eval.read_text())
-            if "nll_bits_per_image" not in r:
-                continue
-            row.update(
-                source=str(saved_eval),
-                split=r.get("split"),
-                nll_bits_per_image=float(r["nll_bits_per_image"]),
-            )
+    for name in names:
+        saved = run.prior_config(name)
+        nll = nll_per_image(run.prior(name), run.codes(split, slices), run.device)
+        out.append(
+            {
+                "prior": name,
+                "source": "computed",
+                "split": split,
+                "arch": saved["prior"].get("arch"),
+                "checkpoint": checkpoint.latest(run.prior_dir(name)).name,
+                "epochs_planned": saved.get("train", {}).get("epochs"),
+                "nll_bits_per_image": float(nll.mean()),
+                "nll_bits_per_image_std": float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
+            }
+        )
+    for name in extra:  # no checkpoint: an earlier evaluate-samples result, if any
+        saved_eval = root / name / "eval-samples" / "metrics.json"
+        r = json.loads(saved_eval.read_text()) if saved_eval.exists() else {}
+        if "nll_bits_per_image" not in r:
+            print(f"{run.path}: prior {name!r} skipped (no checkpoint)", file=sys.stderr)
+            continue
+        split_of = r.get("setup", r).get("split")  # evaluate-samples' nested or earlier flat form
+        out.append(
+            {"prior": name, "source": str(saved_eval), "split": split_of}
+            | {"nll_bits_per_image": float(r["nll_bits_per_image"])}
+        )
+    for row in out:
         row["nll_bytes_per_image"] = row["nll_bits_per_image"] / 8
-        out.append(row)
     return out
 
 
-def measure_run(run: str, data: str | None, split: str, device: torch.device) -> dict:
+def measure_run(path: str, data: str | None, split: str, device: str) -> dict:
     """Evaluate one VQ-VAE run on ``split`` of ``data`` (default: the run's data root)."""
-    from oasisvq.api import load_vqvae
-
-    from oasisvq.evaluate.reconstruction import evaluate_slices
-
-    run_dir = Path(run)
-    opts, trained_root = run_data_options(run_dir)
-    root = data if data is not None else trained_root
-    slices = get_split(load_splits(root, opts), split, root)
-    model = load_vqvae(run_dir, device)
+    run = oasisvq.load(path, device)
+    slices = run.split(split, data)
     start = time.perf_counter()
-    summary, _ = evaluate_slices(model, slices, device)
+    summary, _ = evaluate_slices(run.vqvae, slices, run.device)
     seconds = time.perf_counter() - start
+    cfg = run.config
     row = {
-        "run": str(run_dir),
-        "label": f"VQ-VAE {model.cfg.name} ({model.cfg.grid}x{model.cfg.grid}, K={model.cfg.quantizer.codebook_size})",
-        "data_options": {k: v for k, v in opts.__dict__.items()},
+        "run": str(run.path),
+        "label": f"VQ-VAE {cfg.name} ({cfg.grid}x{cfg.grid}, K={cfg.quantizer.codebook_size})",
+        "data_options": run.data_options.to_dict(),
         **summary,
         "entropy_bytes_per_image": summary["entropy_bits_per_image"] / 8,
         "eval_seconds": seconds,
-        "priors": prior_nll(run_dir, slices, split, model, device),
+        "priors": prior_nll(run, slices, split),
     }
     print(
         f"{row['label']}: {row['bytes_per_image']:.0f} B  SSIM {row['ssim_mean']:.4f}  PSNR {row['psnr_mean']:.2f}"
@@ -303,10 +275,7 @@ def _variant(run: dict) -> tuple[str, int]:
 # ---------------------------------------------------------------- plot
 def plot(result: dict, path: Path) -> None:
     """SSIM against bytes per image (log x): a curve per codec, a marker per run (and prior)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (name, rows), style in zip(result["codecs"].items(), ("o-", "s-", "^-"), strict=False):
@@ -359,10 +328,7 @@ def plot(result: dict, path: Path) -> None:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, dpi=120)
 
 
 def main() -> int:
@@ -391,15 +357,15 @@ def main() -> int:
         "measured now are kept, each with the command and machine that measured it",
     )
     args = p.parse_args()
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     if "JPEG 2000" in args.codecs and not features.check("jpg_2000"):
         print("this Pillow has no OpenJPEG (jpg_2000) support: JPEG 2000 skipped", file=sys.stderr)
         args.codecs = [c for c in args.codecs if c != "JPEG 2000"]
 
     started = time.perf_counter()
-    device = torch.device(args.device)
     if args.runs:
-        opts, trained_root = run_data_options(Path(args.runs[0]))
+        first = oasisvq.load(args.runs[0])
+        opts, trained_root = first.data_options, first.data_root
         if args.size is not None and args.size != opts.size:
             p.error(f"--size {args.size} differs from the run's image size {opts.size}")
     else:
@@ -419,7 +385,7 @@ def main() -> int:
     lossless = lossless_reference(images, args.workers)
     runs = []
     for run in args.runs:
-        row = measure_run(run, root, args.split, device)
+        row = measure_run(run, root, args.split, args.device)
         if args.limit:
             row["note"] = "evaluated on the whole split (--limit applies to the codecs only)"
         runs.append(row)
@@ -431,7 +397,7 @@ def main() -> int:
         "data": None if root is None else str(root),
         "split": args.split,
         "n_images": len(images),
-        "data_options": {k: v for k, v in opts.__dict__.items()},
+        "data_options": opts.to_dict(),
         "pillow": Image.__version__,
         "openjpeg": features.version("jpg_2000"),
         "libwebp": features.version("webp"),
@@ -457,9 +423,7 @@ def main() -> int:
         "machine": machine_info(),
     }
     result["seconds"] = time.perf_counter() - started
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=_json_default))
+    save_result(result, args.out)
     if args.plot:
         plot(result, Path(args.plot))
     summary = {name: _smallest(rows) for name, rows in codecs.items()}
@@ -489,16 +453,6 @@ def kept_runs(path: Path, root: object, split: str, n_images: int) -> list[dict]
 def _smallest(rows: list[dict]) -> dict:
     r = min(rows, key=lambda r: r["bytes_mean"])
     return {"bytes_mean": round(r["bytes_mean"], 1), "ssim_mean": round(r["ssim_mean"], 4)}
-
-
-def _json_default(o: object) -> object:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sampling throughput of every prior, codes decoded to images included; one JSON result.
 
-    python benchmarks/sampling_speed.py --threads 2 --out benchmarks/results/sampling_speed.json
-    python benchmarks/sampling_speed.py --run8 runs/seed --run32 runs/hifi ...   # trained runs
+    python -m benchmarks.sampling_speed --threads 2 --out benchmarks/results/sampling_speed.json
+    python -m benchmarks.sampling_speed --run8 runs/seed --run32 runs/hifi ...   # trained runs
 
 For each prior and each grid (8x8 with 16 codes under the ``compact`` VQ-VAE, 32x32
 with 512 codes under ``hifi``; ``--preset8`` / ``--preset32`` pick others) it draws
@@ -12,87 +12,82 @@ the rate on idle cores. ``--device cuda`` draws and decodes on the GPU. Throughp
 does not depend on the weights, so untrained networks are used unless a trained run is
 given. The PixelCNN is timed both naively (the whole grid for every cell) and with its
 receptive-field band; on 32x32 grids fewer PixelCNN samples are drawn
-(``--n32-pixelcnn``) because it is slow, and the rate is per image either way. The masked
-prior (maskgit) is timed at each number of parallel steps in ``--steps``.
-``--draw-precision bf16`` draws the codes under bf16 autocast (decoding has its own
-``--precision``).
+(``--n32-pixelcnn``) because it is slow, and the rate is per image either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
-import shlex
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, sample_options  # noqa: E402
-from plots import bar_panels  # noqa: E402
-
-from oasisvq.api import VQModel, load  # noqa: E402
-from oasisvq.model.presets import get_preset  # noqa: E402
-from oasisvq.model.vqvae import VQVAE  # noqa: E402
-from oasisvq.prior.registry import PRIORS, build_prior  # noqa: E402
-from oasisvq.sample.sampler import decode_codes, sample_codes  # noqa: E402
-
-
-def _vq(run: str | None, preset: str, device: str) -> VQModel:
-    if run:
-        return load(run, device)
-    torch.manual_seed(0)
-    return VQModel(VQVAE(get_preset(preset)), device=device)
+import oasisvq
+from benchmarks.machine import command_line, machine_info, save_result
+from benchmarks.plots import bar_panels
+from oasisvq.model.presets import get_preset
+from oasisvq.model.vqvae import VQVAE
+from oasisvq.prior.base import Prior
+from oasisvq.prior.registry import PRIORS, build_prior
+from oasisvq.prior.sampling import sample_codes
+from oasisvq.runs import Run, checkpoint
 
 
-def _prior(model: VQModel, name: str):
-    cfg = model.config
+def _vq(run: str | None, preset: str, device: str, tmp: Path) -> Run:
+    """The trained run ``run``, else an untrained ``preset`` saved as a run in ``tmp``."""
+    if not run:
+        torch.manual_seed(0)
+        cfg = get_preset(preset)
+        checkpoint.save(tmp, "untrained", VQVAE(cfg), {"kind": "vqvae", "model": cfg.to_dict()}, {})
+        run = str(tmp)
+    return oasisvq.load(run, device)
+
+
+def _prior(run: Run, name: str) -> Prior:
+    cfg = run.config
     pcfg = dataclasses.replace(
         PRIORS[name], codebook_size=cfg.quantizer.codebook_size, grid=(cfg.grid, cfg.grid)
     )
     torch.manual_seed(0)
-    return build_prior(pcfg).to(model.device).eval()
-
-
-def _modes(prior, grid: str, n: int, args: argparse.Namespace) -> list[tuple[str, int, dict]]:
-    """``(mode, samples, sample() keywords)`` to time for ``prior`` on ``grid``."""
-    if prior.cfg.arch == "transformer":
-        return [("kv-cache", n, {})]
-    if prior.cfg.arch == "maskgit":
-        return [(f"{s} steps", n, {"steps": s}) for s in map(int, args.steps.split(","))]
-    if grid == "8x8":  # PixelCNN: banded or naive recomputation
-        return [("band", n, {"window": True}), ("naive", args.n8_naive, {"window": False})]
-    return [("band", args.n32_pixelcnn, {"window": True})]
+    return build_prior(pcfg).to(run.device).eval()
 
 
 def _time(
-    model: VQModel, prior, n: int, precisions: list[str], kw: dict, draw_precision: str = "fp32"
+    run: Run,
+    prior: Prior,
+    n: int,
+    precisions: list[str],
+    window: bool | None = None,
+    steps: int | None = None,
 ) -> list[dict]:
-    """Draw ``n`` grids once (``prior.sample`` keywords ``kw``, under bf16 autocast when
-    ``draw_precision`` says so) and decode them in each precision (after a small warm-up);
+    """Draw ``n`` grids once and decode them in each precision (after a small warm-up);
     one row per precision with wall and CPU seconds of sampling + decoding."""
-    bf16 = draw_precision == "bf16"
-    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    with sample_options(prior, **kw), autocast:
-        sample_codes(prior, min(n, 4), seed=0)
+    original = prior.sample
+    if window is not None:  # PixelCNN: banded or naive recomputation
+        prior.sample = functools.partial(original, window=window)  # type: ignore[method-assign]
+    try:
+        sample_codes(prior, min(n, 4), None, oasisvq.SamplingOptions(seed=0, steps=steps))
         w0, c0 = time.perf_counter(), time.process_time()
-        codes = sample_codes(prior, n, seed=1)
+        codes = sample_codes(prior, n, None, oasisvq.SamplingOptions(seed=1, steps=steps))
         sample_wall, sample_cpu = time.perf_counter() - w0, time.process_time() - c0
+    finally:
+        prior.sample = original  # type: ignore[method-assign]
     rows = []
     for precision in precisions:
-        decode_codes(model, codes[:2], precision=precision)
+        run.decode(codes[:2], precision=precision)
         w0, c0 = time.perf_counter(), time.process_time()
-        decode_codes(model, codes, precision=precision)
+        run.decode(codes, precision=precision)
         decode_wall, decode_cpu = time.perf_counter() - w0, time.process_time() - c0
         wall, cpu = sample_wall + decode_wall, sample_cpu + decode_cpu
         rows.append(
             {
-                "draw_precision": draw_precision,
                 "decode_precision": precision,
                 "n": n,
                 "seconds": wall,
@@ -103,6 +98,53 @@ def _time(
                 "images_per_cpu_second": n / max(cpu, 1e-9),
             }
         )
+    return rows
+
+
+def plot(result: dict, path: Path) -> None:
+    """Images per second and seconds per 1000 images, one bar per measurement."""
+    rows = result["results"]
+    bar_panels(
+        path,
+        [f"{r['prior']} {r['grid']} {r['mode']}, decode {r['decode_precision']}" for r in rows],
+        [
+            ("images / s (sampling + decoding)", [r["images_per_second"] for r in rows]),
+            ("seconds per 1000 images", [r["seconds_per_1000"] for r in rows]),
+        ],
+        f"{result['machine']['cpu']}, {result['machine']['torch_threads']} threads",
+    )
+
+
+def _measure_grid(run: Run, grid: str, n: int, args: argparse.Namespace) -> list[dict]:
+    """Every prior of ``--priors`` on ``run``'s grid, in each of its sampling modes."""
+    rows = []
+    for name in args.priors.split(","):
+        prior = _prior(run, name)
+        steps: int | None = None
+        if prior.cfg.arch == "transformer":
+            modes: list[tuple[str, int, bool | None, int | None]] = [("kv-cache", n, None, None)]
+        elif prior.cfg.arch == "maskgit":
+            modes = [(f"{s} steps", n, None, s) for s in map(int, args.steps.split(","))]
+        elif grid == "8x8":
+            modes = [("band", n, True, steps), ("naive", args.n8_naive, False, steps)]
+        else:
+            modes = [("band", args.n32_pixelcnn, True, steps)]
+        for mode, count, window, steps in modes:
+            for r in _time(run, prior, count, args.precision.split(","), window, steps):
+                row = {
+                    "prior": name,
+                    "vqvae": run.config.name,
+                    "grid": grid,
+                    "codebook_size": prior.cfg.codebook_size,
+                    "mode": mode,
+                    **r,
+                }
+                row["seconds_per_1000"] = 1000 / r["images_per_second"]
+                row["idle_estimate_seconds_per_1000"] = 1000 / (
+                    r["images_per_cpu_second"] * args.threads
+                )
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     return rows
 
 
@@ -120,19 +162,9 @@ def main() -> int:
     )
     p.add_argument("--n32-pixelcnn", type=int, default=4)
     p.add_argument("--priors", default=",".join(PRIORS), help="comma-separated prior names")
+    p.add_argument("--steps", default="4,8,16", help="parallel steps of masked priors to time")
     p.add_argument(
         "--precision", default="fp32,bf16", help="decoding precisions, comma-separated: fp32, bf16"
-    )
-    p.add_argument(
-        "--draw-precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="precision of drawing the codes (bf16: under autocast)",
-    )
-    p.add_argument(
-        "--steps",
-        default="8",
-        help="parallel steps of the masked prior, comma-separated, e.g. 4,8,16",
     )
     p.add_argument("--run8", default=None, help="a trained 8x8 VQ-VAE run (default: --preset8)")
     p.add_argument("--run32", default=None, help="a trained 32x32 VQ-VAE run (default: --preset32)")
@@ -152,48 +184,23 @@ def main() -> int:
         [] if args.skip32 else [("32x32", args.run32, args.preset32, args.n32)]
     )
     load_before = os.getloadavg()
-    for grid, run, preset, n in grids:
-        model = _vq(run, preset, args.device)
-        for name in args.priors.split(","):
-            prior = _prior(model, name)
-            for mode, count, kw in _modes(prior, grid, n, args):
-                precisions = args.precision.split(",")
-                for r in _time(model, prior, count, precisions, kw, args.draw_precision):
-                    row = {
-                        "prior": name,
-                        "vqvae": model.config.name,
-                        "grid": grid,
-                        "codebook_size": prior.cfg.codebook_size,
-                        "mode": mode,
-                        **r,
-                    }
-                    row["seconds_per_1000"] = 1000 / r["images_per_second"]
-                    row["idle_estimate_seconds_per_1000"] = 1000 / (
-                        r["images_per_cpu_second"] * args.threads
-                    )
-                    results.append(row)
-                    print(json.dumps(row), flush=True)
+    for grid, run_dir, preset, n in grids:
+        with tempfile.TemporaryDirectory(prefix="sampling_speed_") as tmp:
+            run = _vq(run_dir, preset, args.device, Path(tmp))
+            results += _measure_grid(run, grid, n, args)
     out = {
         "benchmark": "sampling_speed",
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command_line(),
         "device": str(args.device),
         "note": "images per second include decoding the codes to images; priors are untrained (throughput does not depend on the weights), the VQ-VAE comes from --run8/--run32 when given",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
+        "priors": args.priors.split(","),
+        "grids": [grid for grid, *_ in grids],
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    bar_panels(
-        Path(args.out).with_suffix(".png"),
-        [f"{r['prior']} {r['grid']} {r['mode']}, decode {r['decode_precision']}" for r in results],
-        [
-            ("images / s (sampling + decoding)", [r["images_per_second"] for r in results]),
-            ("seconds per 1000 images", [r["seconds_per_1000"] for r in results]),
-        ],
-        f"{out['machine']['cpu']}, {out['machine']['torch_threads']} threads",
-    )
+    save_result(out, args.out, plot)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -1,6 +1,6 @@
-"""Sample quality against sampling temperature, top-k, guidance and steps, for one prior; one JSON result.
+"""Sample quality against sampling temperature, top-k and guidance, for one prior; one JSON result.
 
-    python benchmarks/sampling_sweep.py --run runs/mid --prior transformer --split validate \
+    python -m benchmarks.sampling_sweep --run runs/mid --prior transformer --split validate \
         --temperatures 0.9 1.0 1.1 --seeds 3 --out benchmarks/results/sweep-mid-transformer.json
 
 A lower temperature (or a top-k cut) drops the unlikely codes whose artefacts make
@@ -13,101 +13,105 @@ what ``oasisvq evaluate-samples`` measures about them, on the held-out ``--split
   real-vs-real distance (held-out images against as many training images);
 * ``diversity_ms_ssim_samples`` beside ``diversity_ms_ssim_real`` (lower = more diverse);
 * ``nn_ssim_mean`` and ``memorised_share`` (samples closer to a training image than
-  99 % of real held-out images are).
+  99 % of real held-out images are), the same in reconstruction space
+  (``memorised_share_recon_space``) and the share of exact training code grids
+  (``exact_code_copy_share``);
+* for a class-conditional prior, ``class_agreement_samples``: the share of samples the
+  feature network assigns the class they were drawn with.
+
+Each draw goes through the measures of ``oasisvq.evaluate.samples`` (``draw`` and
+``measure_samples``: memorisation, diversity, Frechet distance, conditions).
 
 ``--seeds S`` draws S sample sets per setting (seeds ``--seed`` .. ``--seed + S - 1``)
 and reports the mean and standard deviation of each measure: the Fréchet distance of
 1000 samples in a 128-dimensional feature space varies from draw to draw by more than a
 small change of temperature moves it.
 
-The feature network, the codes and the reconstructions are the run's cached ones, so
-the numbers are those ``evaluate-samples`` gives for the same setting and seed.
+The feature network, the codes and the reconstructions are the run's cached ones, and
+every draw uses the conditions ``evaluate-samples`` draws for ``--seed``, so the first
+seed's numbers are those ``evaluate-samples`` gives for the same setting.
 ``--top-k 0`` means no cut. ``--guidance`` (conditional priors only) sweeps the
 classifier-free guidance scale: 1 is the prior as trained, above 1 leans each sample
 further towards its condition (drawn from the training split, as ``evaluate-samples``
-draws them). ``--steps`` (masked priors only) sweeps the number of parallel decoding
-steps; unset, the prior's own.
+draws them).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, sample_options, save_result  # noqa: E402
-
-import oasisvq  # noqa: E402
-from oasisvq.data.loader import get_split, load_splits  # noqa: E402
-from oasisvq.evaluate.features import extract, feature_net, frechet_distance  # noqa: E402
-from oasisvq.evaluate.samples import (  # noqa: E402
-    mean_pairwise_similarity,
-    nearest_neighbours,
-    real_reference,
+import oasisvq
+from benchmarks import plots
+from benchmarks.machine import command_line, machine_info, save_result
+from oasisvq.evaluate.samples import (
+    FLAT_KEYS,
+    SampleEvaluation,
+    draw,
+    measure_samples,
+    open_held,
+    references,
 )
-from oasisvq.prior.data import cached_codes  # noqa: E402
-from oasisvq.prior.sampling import decode_codes, sample_codes  # noqa: E402
-from oasisvq.train.prior_run import data_options, load_prior, resolve_prior_name, vqvae_config  # noqa: E402
+
+# what a row reports (mean and spread over the draws): key -> (section, key) of the measures
+MEASURED = {
+    **{
+        k: FLAT_KEYS[k]
+        for k in (
+            "frechet_distance",
+            "diversity_ms_ssim_samples",
+            "nn_ssim_mean",
+            "memorised_share",
+        )
+    },
+    "memorised_share_recon_space": ("memorisation", "memorised_share_recon_space"),
+    "exact_code_copy_share": ("memorisation", "exact_code_copy_share"),
+    "class_agreement_samples": ("conditions", "class_agreement_samples"),
+}
 
 
 def sweep(args: argparse.Namespace) -> dict:
-    run = Path(args.run)
-    model = oasisvq.load(run, "cpu")
-    name = resolve_prior_name(run, args.prior)
-    prior, _ = load_prior(run, name, torch.device("cpu"))
-    vq = vqvae_config(run)
-    root = args.data or vq.get("data_root")
-    splits = load_splits(root, data_options(vq))
-    held, train = get_split(splits, args.split, root), get_split(splits, "train", root)
-    seeds = [args.seed + i for i in range(args.seeds)]
+    run = oasisvq.load(args.run)
+    settings = SampleEvaluation(n=args.n, split=args.split, data_root=args.data, n_pairs=args.pairs)
+    h = open_held(run, args.prior, settings.split, settings.data_root)
+    # the reference, and the conditions of every draw, that evaluate-samples draws for --seed
     rng = np.random.default_rng(args.seed)
-    cond = None
-    if prior.cfg.condition:  # conditions drawn from the training split, as evaluate-samples does
-        train_codes = cached_codes(run, "train", train, model.vqvae, torch.device("cpu"))
-        cond = train_codes.cond(rng.integers(0, len(train_codes), args.n))
-    fnet = feature_net(run, root, vq["data"], train, splits.get("validate"))
-    real = real_reference(
-        fnet, held.images, train.images, args.n, rng, n_pairs=args.pairs, seed=args.seed
-    )
-    f_held, fd_real, threshold = real.held["features"], real.frechet_real_vs_real, real.nn_ssim_p99
-    div_real = real.diversity
+    refs = references(h, settings, rng, args.seed)
+    real = refs.real
+    seeds = [args.seed + i for i in range(args.seeds)]
 
-    def measure(
-        temperature: float, top_k: int, guidance: float, steps: int | None, seed: int
-    ) -> dict:
-        """One draw of ``args.n`` samples at one setting, measured."""
-        with sample_options(prior, steps=steps):
-            codes = sample_codes(
-                prior, args.n, cond, temperature, top_k or None, seed, guidance=guidance
-            )
-        samples = decode_codes(model, codes).numpy()
-        _, nn_ssim = nearest_neighbours(samples, train.images)
+    def measure(temperature: float, top_k: int, guidance: float, seed: int) -> dict:
+        """One draw of ``args.n`` samples at one setting, measured as evaluate-samples
+        measures it."""
+        options = oasisvq.SamplingOptions(
+            temperature=temperature,
+            top_k=top_k or None,
+            guidance=guidance,
+            steps=args.steps,
+            seed=seed,
+            precision="fp32",
+        )
+        samples, codes, cond_idx, _ = draw(h, args.n, options, copy.deepcopy(rng))
+        found = measure_samples(h, refs, samples, codes, cond_idx, settings, seed)[0]
         return {
-            "frechet_distance": frechet_distance(f_held, extract(fnet, samples)["features"]),
-            "diversity_ms_ssim_samples": mean_pairwise_similarity(samples, args.pairs, seed)[0],
-            "nn_ssim_mean": float(nn_ssim.mean()),
-            "memorised_share": float((nn_ssim > threshold).mean()),
+            key: found[section][name]
+            for key, (section, name) in MEASURED.items()
+            if name in found[section]
         }
 
+    fd_real, div_real = real.frechet_real_vs_real, real.diversity
     rows = []
-    settings = [
-        (t, k, g, st)
-        for st in args.steps
-        for g in args.guidance
-        for k in args.top_k
-        for t in args.temperatures
-    ]
-    for t, top_k, g, steps in settings:
+    grid = [(t, k, g) for g in args.guidance for k in args.top_k for t in args.temperatures]
+    for t, top_k, g in grid:
         t0 = time.perf_counter()
-        draws = [measure(t, top_k, g, steps, s) for s in seeds]
-        row: dict = {"temperature": t, "top_k": top_k or None, "guidance": g, "steps": steps}
+        draws = [measure(t, top_k, g, s) for s in seeds]
+        row: dict = {"temperature": t, "top_k": top_k or None, "guidance": g}
         for key in draws[0]:  # mean over the draws, and their spread
             values = np.array([d[key] for d in draws])
             row[key] = float(values.mean())
@@ -122,50 +126,41 @@ def sweep(args: argparse.Namespace) -> dict:
         print(json.dumps({k: v for k, v in row.items() if k != "per_seed"}), flush=True)
     return {
         "benchmark": "sampling_sweep",
-        "run": str(run),
-        "preset": model.config.name,
-        "decoder_finetune": vq.get("finetune"),  # set when the decoder was trained further
-        "adversarial_weight": model.config.adversarial_weight,
-        "prior": name,
-        "split": args.split,
+        "run": str(run.path),
+        "preset": run.config.name,
+        "decoder_finetune": run.finetune,  # set when the decoder was trained further
+        "adversarial_weight": run.config.adversarial_weight,
+        "prior": h.name,
+        "split": h.split,
         "n_samples": args.n,
-        "n_held_out": len(held),
+        "n_held_out": len(h.held),
         "seeds": seeds,
         "frechet_distance_real_vs_real": fd_real,
         "diversity_ms_ssim_real": div_real,
-        "nn_ssim_real_p99": threshold,
+        "nn_ssim_real_p99": real.nn_ssim_p99,
         "rows": rows,
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command_line(),
         "machine": machine_info(),
     }
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     scale = result["frechet_distance_real_vs_real"]
     rows = result["rows"]
-    # x: guidance, else steps, when several were swept, else temperature; one curve per
-    # value of the other settings
-    defaults = {"temperature": 1.0, "guidance": 1.0, "steps": None}
-    swept = [k for k in ("guidance", "steps") if len({r.get(k, defaults[k]) for r in rows}) > 1]
-    x_key = swept[0] if swept else "temperature"
-    others = [k for k in defaults if k != x_key]
+    # x: guidance when several scales were swept, else temperature; one curve per other setting
+    x_key = "guidance" if len({r.get("guidance", 1.0) for r in rows}) > 1 else "temperature"
+    other = "temperature" if x_key == "guidance" else "guidance"
 
     def curve_of(r: dict) -> tuple:
-        return (r["top_k"] or 0, *(r.get(k, defaults[k]) for k in others))
+        return (r["top_k"] or 0, r.get(other, 1.0))
 
-    for key in sorted({curve_of(r) for r in rows}, key=str):
+    for key in sorted({curve_of(r) for r in rows}):
         curve = [r for r in rows if curve_of(r) == key]
-        label = ", ".join(
-            [f"top-k {key[0]}" if key[0] else "no top-k"]
-            + [f"{k} {v:g}" for k, v in zip(others, key[1:], strict=True) if v is not None]
-        )
-        xs = [r.get(x_key, defaults[x_key]) for r in curve]
+        label = (f"top-k {key[0]}" if key[0] else "no top-k") + f", {other} {key[1]:g}"
+        xs = [r.get(x_key, 1.0) for r in curve]
         fd_err = [(r["frechet_distance_std"] or 0) / scale for r in curve]
         div_err = [r["diversity_ms_ssim_samples_std"] or 0 for r in curve]
         a.errorbar(xs, [r["fd_ratio"] for r in curve], fd_err, fmt="o-", capsize=3, label=label)
@@ -182,9 +177,7 @@ def plot(result: dict, path: Path) -> None:
         f"{result['preset']} / {result['prior']}, {result['split']}, n={result['n_samples']}, "
         f"{len(result['seeds'])} draws per point (bars: std)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, dpi=120)
 
 
 def main() -> None:
@@ -204,13 +197,7 @@ def main() -> None:
         default=[1.0],
         help="classifier-free guidance scales (conditional priors; 1 = none)",
     )
-    p.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        default=[None],
-        help="parallel decoding steps of a masked prior (default: the prior's own)",
-    )
+    p.add_argument("--steps", type=int, default=None, help="parallel steps of a masked prior")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
     p.add_argument(
         "--seeds", type=int, default=1, help="draws per setting (seed, seed+1, ...): mean and std"

@@ -1,7 +1,7 @@
 """Training and inference throughput of the VQ-VAE presets; one JSON result.
 
-    python benchmarks/throughput.py --presets seed compact hifi --out benchmarks/results/throughput.json
-    python benchmarks/throughput.py --presets seed --steps 2 --warmup 1 --out /tmp/throughput.json  # quick
+    python -m benchmarks.throughput --presets seed compact hifi --out benchmarks/results/throughput.json
+    python -m benchmarks.throughput --presets seed --steps 2 --warmup 1 --out /tmp/throughput.json  # quick
 
 For every preset, device and variant it reports
 
@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -45,17 +43,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-from plots import bar_panels  # noqa: E402
-
-from oasisvq.data.slices import SliceSet  # noqa: E402
-from oasisvq.data.torch_dataset import to_unit  # noqa: E402
-from oasisvq.model.presets import get_preset  # noqa: E402
-from oasisvq.model.vqvae import VQVAE, count_params  # noqa: E402
-from oasisvq.train.config import TrainConfig  # noqa: E402
-from oasisvq.train.engine import Engine  # noqa: E402
-from oasisvq.train.vqvae_task import VQVAETask  # noqa: E402
+from benchmarks.machine import command_line, machine_info, peak_rss_mib, save_result
+from benchmarks.plots import bar_panels
+from oasisvq.data.slices import SliceSet
+from oasisvq.data.torch_dataset import to_unit
+from oasisvq.device import amp_dtype
+from oasisvq.model.presets import get_preset
+from oasisvq.model.vqvae import VQVAE, count_params
+from oasisvq.train.config import TrainConfig
+from oasisvq.train.engine import Engine
+from oasisvq.train.vqvae_task import VQVAETask
 
 VARIANTS = (
     "fp32",
@@ -83,11 +80,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return machine_info()["cpu"]
-
-
-def _peak_rss_mib() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if sys.platform != "darwin" else r / 2**20
 
 
 def _sync(device: torch.device) -> None:
@@ -154,16 +146,16 @@ def measure(preset: str, variant: str, device_str: str, args: argparse.Namespace
             row["amp_dtype"] = None if engine.amp is None else str(engine.amp).replace("torch.", "")
             engine.model.train()
             t = time.perf_counter()
-            engine._step(make_batch(batch))
+            engine.train_step(make_batch(batch))
             _sync(device)
             row["first_step_seconds"] = time.perf_counter() - t
             for _ in range(max(0, args.warmup - 1)):
-                engine._step(make_batch(batch))
+                engine.train_step(make_batch(batch))
             xs = [make_batch(batch) for _ in range(args.steps)]
             _sync(device)
             cpu, t = time.process_time(), time.perf_counter()
             for x in xs:
-                engine._step(x)
+                engine.train_step(x)
             _sync(device)
             wall, cpu = time.perf_counter() - t, time.process_time() - cpu
             row["train"] = {
@@ -172,7 +164,7 @@ def measure(preset: str, variant: str, device_str: str, args: argparse.Namespace
                 "seconds": wall,
                 "images_per_second": batch * args.steps / wall,
                 "images_per_cpu_second": batch * args.steps / cpu if cpu > 0 else None,
-                "peak_rss_mib": _peak_rss_mib(),
+                "peak_rss_mib": peak_rss_mib(),
             }
             if device.type == "cuda":
                 row["train"]["cuda_peak_allocated_mib"] = (
@@ -180,7 +172,7 @@ def measure(preset: str, variant: str, device_str: str, args: argparse.Namespace
                 )
             del engine, task, xs
         except Exception as err:  # noqa: BLE001 - e.g. torch.compile failing: record it
-            row["train"] = {"ok": False, "error": _error(err), "peak_rss_mib": _peak_rss_mib()}
+            row["train"] = {"ok": False, "error": _error(err), "peak_rss_mib": peak_rss_mib()}
 
     # ---- inference: encoder, nearest code, decoder
     try:
@@ -192,10 +184,9 @@ def measure(preset: str, variant: str, device_str: str, args: argparse.Namespace
             return model.decode(model.encode(x))
 
         fn = torch.compile(roundtrip) if flags["compile"] else roundtrip
+        dtype = amp_dtype(amp, device)  # the training's autocast dtype (None: off)
         ctx = (
-            (lambda: torch.autocast(device.type, dtype=_amp_dtype(device)))
-            if flags["amp"]
-            else contextlib.nullcontext
+            (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         )
         nb = args.infer_batch
         if device.type == "cuda":
@@ -232,14 +223,8 @@ def measure(preset: str, variant: str, device_str: str, args: argparse.Namespace
             )
     except Exception as err:  # noqa: BLE001
         row["inference"] = {"ok": False, "error": _error(err)}
-    row["peak_rss_mib"] = _peak_rss_mib()
+    row["peak_rss_mib"] = peak_rss_mib()
     return row
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
 
 
 def _run_one(preset: str, variant: str, device: str, args: argparse.Namespace) -> dict:
@@ -248,7 +233,8 @@ def _run_one(preset: str, variant: str, device: str, args: argparse.Namespace) -
         out = Path(tmp) / "row.json"
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            __spec__.name,
             "--presets",
             preset,
             "--variants",
@@ -287,6 +273,26 @@ def _fmt(row: dict, part: str) -> str:
     return f"{r['images_per_second']:8.1f}" if r.get("ok") else "  failed"
 
 
+def plot(result: dict, path: Path) -> None:
+    """Training and inference rates and peak memory, one bar per measurement."""
+    rows = result["rows"]
+
+    def rate(row: dict, part: str) -> float | None:
+        m = row.get(part) or {}
+        return m.get("images_per_second") if m.get("ok") else None
+
+    bar_panels(
+        path,
+        [f"{r['preset']} {r['variant']} ({r['device_type']})" for r in rows],
+        [
+            ("training images / s", [rate(r, "train") for r in rows]),
+            ("inference images / s", [rate(r, "inference") for r in rows]),
+            ("peak resident memory (MiB)", [r.get("peak_rss_mib") for r in rows]),
+        ],
+        f"{result['machine']['cpu']}, {result['threads']} CPU threads",
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -320,7 +326,7 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(row, indent=2))
         return 0
 
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     rows = []
     started = time.perf_counter()
     for device in devices:
@@ -348,25 +354,7 @@ def main() -> int:
         "command": command,
         "machine": machine_info(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    labels = [f"{r['preset']} {r['variant']} ({r['device_type']})" for r in rows]
-
-    def rate(row: dict, part: str) -> float | None:
-        m = row.get(part) or {}
-        return m.get("images_per_second") if m.get("ok") else None
-
-    bar_panels(
-        out.with_suffix(".png"),
-        labels,
-        [
-            ("training images / s", [rate(r, "train") for r in rows]),
-            ("inference images / s", [rate(r, "inference") for r in rows]),
-            ("peak resident memory (MiB)", [r.get("peak_rss_mib") for r in rows]),
-        ],
-        f"{result['machine']['cpu']}, {args.threads} CPU threads",
-    )
+    save_result(result, args.out, plot)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Train (or reuse) a VQ-VAE run and measure it on a split; write one JSON result.
 
-    python benchmarks/vqvae_quality.py --data ../shared/data/alzheimer-mri --preset compact \
+    python -m benchmarks.vqvae_quality --data ../shared/data/alzheimer-mri --preset compact \
         --run runs/compact --split validate --out benchmarks/results/quality-compact.json
 
 Training goes through ``oasisvq train`` (so the preset's ``default_epochs`` unless
@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from benchmarks.machine import command_line, machine_info, save_result
 
 
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", default=None, help="data root (default: the built-in MNI152 brain)")
     p.add_argument("--preset", required=True)
     p.add_argument("--run", required=True, help="run directory (trained here if it does not exist)")
     p.add_argument("--split", default="validate")
@@ -34,13 +34,13 @@ def main() -> int:
     args = p.parse_args()
 
     run = Path(args.run)
+    data = ["--data", args.data] if args.data else []
     train_cmd = [
         sys.executable,
         "-m",
         "oasisvq",
         "train",
-        "--data",
-        args.data,
+        *data,
         "--preset",
         args.preset,
         "--out",
@@ -59,8 +59,7 @@ def main() -> int:
         "oasisvq",
         "evaluate",
         str(run),
-        "--data",
-        args.data,
+        *data,
         "--split",
         args.split,
         "--json",
@@ -80,11 +79,11 @@ def main() -> int:
         "train_images_per_second": sum(r["train_images_per_second"] for r in history)
         / len(history),
         **json.loads(eval_json.read_text()),
-        "commands": [" ".join(train_cmd), " ".join(eval_cmd)],
+        "command": command_line(),
+        "commands": [shlex.join(train_cmd), shlex.join(eval_cmd)],
         "machine": machine_info(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_result(result, args.out)
     print(
         json.dumps(
             {

@@ -47,14 +47,14 @@ def main() -> int:
     loader._read = counting_read
 
     delay = float(os.environ.get("OASISVQ_TEST_STEP_DELAY", "0"))
-    step = engine.Engine._step
+    step = engine.Engine.train_step
 
     def slow_step(self, batch):
         time.sleep(delay)
         return step(self, batch)
 
     if delay:
-        engine.Engine._step = slow_step
+        engine.Engine.train_step = slow_step
 
     resume = engine.Engine.resume
 

@@ -67,10 +67,10 @@ def test_preset_adam_beta2_reaches_the_optimizer(tiny_tree: Path, tmp_path: Path
 
 def test_warmup_lasts_at_least_warmup_steps_or_half_a_short_run() -> None:
     from oasisvq.train.config import TrainConfig
-    from oasisvq.train.engine import _lr_lambda
+    from oasisvq.train.engine import lr_schedule
 
     def warm_steps(cfg: TrainConfig, total: int) -> int:
-        f = _lr_lambda(cfg, total)
+        f = lr_schedule(cfg, total)
         return next(s for s in range(total) if f(s) == 1.0) + 1  # the step at the full rate
 
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3)
@@ -79,7 +79,7 @@ def test_warmup_lasts_at_least_warmup_steps_or_half_a_short_run() -> None:
     assert warm_steps(cfg, 3870) == 116  # a long run: 3% of it
     old = TrainConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "warmup_steps"})
     assert warm_steps(old, 129) == 3  # a run saved before warmup_steps keeps its schedule
-    f = _lr_lambda(cfg, 129)
+    f = lr_schedule(cfg, 129)
     assert f(0) == pytest.approx(1 / 64) and f(128) == pytest.approx(cfg.final_lr_ratio, abs=1e-3)
 
 
@@ -107,7 +107,7 @@ def test_mid_epoch_crash_resumes_with_the_whole_epoch_logged(
 
     a, b = tmp_path / "a", tmp_path / "b"
     assert _train(tiny_tree, a, "--epochs", "1", "--checkpoint-every", "2") == 0
-    step, calls = Engine._step, []
+    step, calls = Engine.train_step, []
 
     def crashing_step(self, batch):
         calls.append(1)
@@ -115,10 +115,10 @@ def test_mid_epoch_crash_resumes_with_the_whole_epoch_logged(
             raise KeyboardInterrupt
         return step(self, batch)
 
-    monkeypatch.setattr(Engine, "_step", crashing_step)
+    monkeypatch.setattr(Engine, "train_step", crashing_step)
     assert _train(tiny_tree, b, "--epochs", "1", "--checkpoint-every", "2") == 130  # "killed"
     assert checkpoint.latest(b).name == "epoch-0001-step-000002"
-    monkeypatch.setattr(Engine, "_step", step)
+    monkeypatch.setattr(Engine, "train_step", step)
     assert _train(tiny_tree, b, "--epochs", "1", "--checkpoint-every", "2", "--resume") == 0
     ra, rb = (json.loads((r / "history.json").read_text()) for r in (a, b))
     assert [r["epoch"] for r in rb] == [1]

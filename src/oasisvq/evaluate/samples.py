@@ -344,6 +344,65 @@ def write_figures(
     np.save(out / "codes.npy", codes.numpy().astype(np.int16))
 
 
+@dataclass
+class References:
+    """What every draw of a prior is measured against: the run's feature network, the
+    real held-out images against the training split, and the reconstructions of both."""
+
+    fnet: FeatureNet
+    real: RealReference
+    recon: dict[str, np.ndarray]  # "train" and "held": decoded code grids, uint8
+
+
+def references(
+    h: Held, settings: SampleEvaluation, rng: np.random.Generator, seed: int
+) -> References:
+    """The :class:`References` of ``h`` (the Frechet reference subset drawn from ``rng``)."""
+    run = h.run
+    root = settings.data_root if settings.data_root is not None else run.data_root
+    splits = run.splits(settings.data_root)
+    fnet = feature_net(
+        run.path, root, run.saved["data"], h.train, splits.get("validate"), settings.feature_epochs
+    )
+    real = real_reference(
+        fnet,
+        h.held.images,
+        h.train.images,
+        settings.n,
+        rng,
+        settings.candidates,
+        settings.n_pairs,
+        seed,
+    )
+    recon = {
+        "train": reconstructions(h, "train", h.train_codes),
+        "held": reconstructions(h, h.split, h.held_codes),
+    }
+    return References(fnet, real, recon)
+
+
+def measure_samples(
+    h: Held,
+    refs: References,
+    samples: np.ndarray,
+    codes: torch.Tensor,
+    cond_idx: np.ndarray | None,
+    settings: SampleEvaluation,
+    seed: int,
+) -> tuple[dict, dict]:
+    """One draw measured: the ``memorisation``, ``diversity``, ``frechet`` and
+    ``conditions`` sections, and the nearest neighbours found (for the figures)."""
+    out: dict = {}
+    out["memorisation"], found = memorisation(
+        h, samples, codes, refs.real, refs.recon, settings.candidates
+    )
+    out["diversity"] = diversity(samples, refs.real, refs.recon["held"], settings.n_pairs, seed)
+    f_samples = extract(refs.fnet, samples)
+    out["frechet"], f_recon = frechet(refs.fnet, h, f_samples, refs.real, refs.recon)
+    out["conditions"] = conditions(h, f_samples, refs.real.held, f_recon, cond_idx)
+    return out, found
+
+
 def evaluate_samples(
     run: Run,
     prior: str | None = None,
@@ -379,36 +438,13 @@ def evaluate_samples(
         },
         "likelihood": likelihood(h, seed),
     }
-    root = settings.data_root if settings.data_root is not None else run.data_root
-    splits = run.splits(settings.data_root)
-    fnet = feature_net(
-        run.path, root, run.saved["data"], h.train, splits.get("validate"), settings.feature_epochs
-    )
-    real = real_reference(
-        fnet,
-        h.held.images,
-        h.train.images,
-        settings.n,
-        rng,
-        settings.candidates,
-        settings.n_pairs,
-        seed,
-    )
+    refs = references(h, settings, rng, seed)
     samples, codes, cond_idx, timing = draw(h, settings.n, options, rng)
-    recon = {
-        "train": reconstructions(h, "train", h.train_codes),
-        "held": reconstructions(h, h.split, h.held_codes),
-    }
-    result["memorisation"], found = memorisation(
-        h, samples, codes, real, recon, settings.candidates
-    )
-    result["diversity"] = diversity(samples, real, recon["held"], settings.n_pairs, seed)
-    f_samples = extract(fnet, samples)
-    result["frechet"], f_recon = frechet(fnet, h, f_samples, real, recon)
-    result["conditions"] = conditions(h, f_samples, real.held, f_recon, cond_idx)
+    measured, found = measure_samples(h, refs, samples, codes, cond_idx, settings, seed)
+    result.update(measured)
     result["timing"] = timing
     out = Path(out_dir) if out_dir is not None else run.prior_dir(h.name) / "eval-samples"
-    write_figures(out, samples, codes, h, found, recon["train"])
+    write_figures(out, samples, codes, h, found, refs.recon["train"])
     result["figures"] = str(out)
     result.update({alias: result[s][k] for alias, (s, k) in FLAT_KEYS.items()})
     for path in filter(None, [out / "metrics.json", json_path]):

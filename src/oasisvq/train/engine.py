@@ -92,7 +92,10 @@ def train_task(
     return engine.fit()
 
 
-def _lr_lambda(cfg: TrainConfig, total_steps: int):
+def lr_schedule(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The LR factor of each optimizer step of a ``total_steps`` run (for ``LambdaLR``):
+    linear warm-up over ``warmup_fraction`` of the run (at least ``warmup_steps``, at most
+    half of it), then cosine decay to ``final_lr_ratio``."""
     warm = max(1, int(cfg.warmup_fraction * total_steps), min(cfg.warmup_steps, total_steps // 2))
 
     def f(step: int) -> float:
@@ -182,9 +185,9 @@ class Engine:
                 f"using {self.rank_batch} per process ({self.global_batch} in all)",
                 file=sys.stderr,
             )
-        self.steps_per_epoch = len(self._loader(0))
+        self.steps_per_epoch = len(self.epoch_loader(0))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg, cfg.epochs * self.steps_per_epoch)
+            self.optimizer, lr_schedule(cfg, cfg.epochs * self.steps_per_epoch)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch, self.step_in_epoch = 0, 0
@@ -280,7 +283,7 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ loop
-    def _loader(self, epoch: int, skip: int = 0) -> DataLoader:
+    def epoch_loader(self, epoch: int, skip: int = 0) -> DataLoader:
         """The batches of ``epoch`` after its first ``skip`` steps.
 
         Nothing here draws from the global RNG (the loader's own seed comes from a
@@ -315,7 +318,8 @@ class Engine:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def _step(self, batch: Any) -> dict[str, Tensor]:
+    def train_step(self, batch: Any) -> dict[str, Tensor]:
+        """One optimizer step on a batch already on the device; returns the logged scalars."""
         if hasattr(self.task, "set_step"):
             self.task.set_step(self.epoch * self.steps_per_epoch + self.step_in_epoch)
         with self._autocast():
@@ -364,7 +368,7 @@ class Engine:
         if self._partial["task"] is not None and hasattr(self.task, "load_epoch_state"):
             self.task.load_epoch_state(self._partial["task"])
         self._skip = self.step_in_epoch  # steps done before a resume
-        loader = self._loader(self.epoch, skip=self._skip)
+        loader = self.epoch_loader(self.epoch, skip=self._skip)
         sums = self._carried_sums()
         n_images, start = 0, time.perf_counter()
         bar = tqdm(
@@ -378,7 +382,7 @@ class Engine:
         )
         for batch in bar:
             batch = self.task.to_device(batch, self.device)
-            logs = self._step(batch)
+            logs = self.train_step(batch)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
             n_images += _batch_len(batch)

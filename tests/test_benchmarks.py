@@ -1,0 +1,51 @@
+"""The benchmarks import, and the results page is generated from the committed results."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_benchmark_imports(name: str) -> None:
+    importlib.import_module(f"benchmarks.{name}")
+
+
+def test_the_results_page_names_a_machine_and_a_command_for_every_table(tmp_path: Path) -> None:
+    doc = tmp_path / "results.md"
+    tables = report.write(ROOT / "benchmarks" / "results", doc, None)
+    text = doc.read_text()
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == len(tables) >= 8
+    for section in sections:
+        assert "\nMachine: " in section, section[:200]
+        assert "```bash\npython -m " in section, section[:200]
+        assert "\n| --- |" in section, section[:200]
+    assert "/work/" not in text and "shared/data" not in text
+
+
+def test_the_readme_table_goes_between_the_markers_only(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{report.BEGIN}\nold table\n{report.END}\nafter\n")
+    report.write(ROOT / "benchmarks" / "results", tmp_path / "results.md", readme)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{report.END}\nafter\n")
+    assert "old table" not in text and "| `compact` |" in text and "| `mid` |" in text
+    unmarked = tmp_path / "other.md"
+    unmarked.write_text("no markers\n")
+    report.write(ROOT / "benchmarks" / "results", tmp_path / "results.md", unmarked)
+    assert unmarked.read_text() == "no markers\n"
+
+
+def test_commands_are_shown_as_run_from_the_repository_root() -> None:
+    shown = report.shown_command(
+        "/usr/bin/python3 benchmarks/fd_blur.py --run /srv/runs/m1 --data ../x/data/oasis --n 2"
+    )
+    assert shown == "python -m benchmarks.fd_blur --run runs/m1 --data ~/data/oasis --n 2"
