@@ -135,7 +135,7 @@ def test_pruning_removes_only_checkpoints_this_process_wrote(tmp_path: Path) -> 
 
 
 def test_ctrl_c_names_the_checkpoint_that_exists(tmp_path: Path, monkeypatch) -> None:
-    step, calls = Engine._step, []
+    step, calls = Engine.train_step, []
 
     def interrupted_step(self, batch):
         calls.append(1)
@@ -143,7 +143,7 @@ def test_ctrl_c_names_the_checkpoint_that_exists(tmp_path: Path, monkeypatch) ->
             raise KeyboardInterrupt
         return step(self, batch)
 
-    monkeypatch.setattr(Engine, "_step", interrupted_step)
+    monkeypatch.setattr(Engine, "train_step", interrupted_step)
     run = tmp_path / "run"
     with pytest.raises(Interrupted, match="before the first checkpoint") as err:
         train_toy(run)
@@ -152,7 +152,7 @@ def test_ctrl_c_names_the_checkpoint_that_exists(tmp_path: Path, monkeypatch) ->
     with pytest.raises(Interrupted, match="epoch-0001-step-000002") as err:
         train_toy(run)  # calls 2, 3, 4 train; 5 is the third step after a fresh start
     assert "--resume" in str(err.value)
-    monkeypatch.setattr(Engine, "_step", step)
+    monkeypatch.setattr(Engine, "train_step", step)
     train_toy(run, resume=True)
 
 
@@ -167,7 +167,7 @@ def test_mid_epoch_resume_of_the_vqvae_is_bit_identical(tiny_tree: Path, tmp_pat
 
     a, b = tmp_path / "a", tmp_path / "b"
     assert train(a) == 0
-    step, calls = Engine._step, []
+    step, calls = Engine.train_step, []
 
     def killed_step(self, batch):
         calls.append(1)
@@ -175,11 +175,11 @@ def test_mid_epoch_resume_of_the_vqvae_is_bit_identical(tiny_tree: Path, tmp_pat
             raise KeyboardInterrupt
         return step(self, batch)
 
-    Engine._step = killed_step
+    Engine.train_step = killed_step
     try:
         assert train(b) == 130
     finally:
-        Engine._step = step
+        Engine.train_step = step
     assert checkpoint.latest(b).name == "epoch-0001-step-000002"
     assert train(b, "--resume") == 0
     wa, wb = weights(a), weights(b)
@@ -233,7 +233,7 @@ def test_kill_9_then_resume_is_bit_identical(toy_reference: Path, tmp_path: Path
 
 def test_a_run_folder_that_cannot_be_written_fails_before_training(tmp_path: Path, monkeypatch):
     trained = []
-    monkeypatch.setattr(Engine, "_step", lambda self, batch: trained.append(1))
+    monkeypatch.setattr(Engine, "train_step", lambda self, batch: trained.append(1))
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="a file stands where a folder is expected"):
         train_toy(tmp_path / "file")

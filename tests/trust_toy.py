@@ -105,13 +105,13 @@ def files(run: Path) -> dict[str, tuple[int, int]]:
 def main() -> int:
     run, resume = Path(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "resume"
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-    step = Engine._step
+    step = Engine.train_step
 
     def slow_step(self, batch):
         time.sleep(delay)
         return step(self, batch)
 
-    Engine._step = slow_step
+    Engine.train_step = slow_step
     train_toy(run, resume)
     return 0
 
