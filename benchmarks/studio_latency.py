@@ -1,6 +1,6 @@
 """How long OASISVQ Studio takes from a click to the answer on the page; one JSON result.
 
-    python benchmarks/studio_latency.py --run runs/compact --out benchmarks/results/studio_latency.json
+    python -m benchmarks.studio_latency --run runs/compact --out benchmarks/results/studio_latency.json
 
 Starts ``oasisvq studio RUN`` (a subprocess, as a user would), opens it in Debian's
 Chromium through Playwright and times, ``--repeats`` times each, from the click until
@@ -21,12 +21,9 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, save_result  # noqa: E402
-
-from oasisvq.studio import driver  # noqa: E402
+from benchmarks.machine import machine_info, save_result
+from oasisvq.studio import driver
 
 
 def _timed(page, click: str, images: str, n: int) -> float:

@@ -23,15 +23,22 @@ from oasisvq.train.vqvae_run import train_vqvae
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo trains. On the built-in brain (about a hundred training slices)
-    batches of ``builtin_batch`` give more optimiser steps for the same work."""
+    """What the demo trains: chosen so that on the built-in brain it takes a few minutes
+    on two CPU cores and ends with reconstructions and samples that look like brains
+    (benchmarks/demo.py measures it). The built-in brain has about sixty training
+    slices: small images and small batches give many optimiser steps for little work."""
 
-    preset: str = "compact"
-    epochs: int = 15
+    preset: str = "mid"
+    epochs: int = 60
     prior: str | None = "transformer"
-    prior_epochs: int = 30
+    prior_epochs: int = 25
     n_samples: int = 16
-    builtin_batch: int = 8
+    temperature: float = 0.7  # a little below 1: fewer stray codes on so few training slices
+    builtin_size: int = 64
+    builtin_batch: int = 4
+    builtin_lr: float = 2e-3
+    prior_batch: int = 8
+    prior_lr: float = 2e-3
 
 
 def run_demo(
@@ -42,14 +49,15 @@ def run_demo(
 ) -> dict:
     """Train, evaluate and sample; returns the evaluation summary. Figures go to ``out``."""
     out = Path(out)
-    small = {"batch_size": settings.builtin_batch} if data is None else {}
+    builtin = data is None
+    small = {"batch_size": settings.builtin_batch, "lr": settings.builtin_lr} if builtin else {}
     train_vqvae(
         data,
         out,
         preset=settings.preset,
         epochs=settings.epochs,
         force=force,
-        data_opts=DataOptions(),
+        data_opts=DataOptions(size=settings.builtin_size) if builtin else None,
         **small,
     )
     run = Run.open(out, "auto")
@@ -57,11 +65,17 @@ def run_demo(
     summary = evaluate_run(run, split)
     print(json.dumps(summary, indent=2))
     if settings.prior is not None:
-        train_prior(out, data, settings.prior, epochs=settings.prior_epochs)
-        run = Run.open(out, "auto")
-        sample_to_folder(
-            run, settings.n_samples, out / "samples", settings.prior, SamplingOptions(seed=0)
+        train_prior(
+            out,
+            data,
+            settings.prior,
+            epochs=settings.prior_epochs,
+            batch_size=settings.prior_batch,
+            lr=settings.prior_lr,
         )
+        run = Run.open(out, "auto")
+        options = SamplingOptions(temperature=settings.temperature, seed=0)
+        sample_to_folder(run, settings.n_samples, out / "samples", settings.prior, options)
         real_beside_samples(run, split, out / "samples" / "codes.npy", out / "demo.png")
     return summary
 

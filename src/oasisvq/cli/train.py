@@ -60,6 +60,15 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+FINETUNE_HELP = "train a run's decoder further on fixed codes (adversarial term), in a new run"
+FINETUNE_DESCRIPTION = (
+    "Copy a VQ-VAE run's encoder and codebook (fixed), cached codes, feature "
+    "network and priors to --out and train its decoder further, with the run's "
+    "reconstruction loss plus a patch discriminator's: every image keeps its codes, so "
+    "the priors stay valid and only how codes are drawn as images changes."
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Register train, finetune-decoder and demo."""
     p = sub.add_parser("train", help="train a VQ-VAE")
@@ -81,14 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser(
-        "finetune-decoder",
-        help="train a run's decoder further on fixed codes (adversarial term), in a new run",
-        description="Copy a VQ-VAE run's encoder and codebook (fixed), cached codes, feature "
-        "network and priors to --out and train its decoder further, with the run's "
-        "reconstruction loss plus a patch discriminator's: every image keeps its codes, so "
-        "the priors stay valid and only how codes are drawn as images changes.",
-    )
+    p = sub.add_parser("finetune-decoder", help=FINETUNE_HELP, description=FINETUNE_DESCRIPTION)
     p.add_argument("run", help="VQ-VAE run directory written by `oasisvq train`")
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--epochs", type=A.epochs, default=None, help="default 10")

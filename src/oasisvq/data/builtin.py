@@ -22,6 +22,9 @@ from oasisvq.errors import DataError
 SUBJECT = "MNI152"
 SOURCE = "nilearn:MNI152_T1_1mm"
 EVERY = 10  # one slice in EVERY goes to validate, the next one to test
+# slices with at least this share of the largest slice's brain area: the demo's slices
+# (and so its samples) all show a whole brain, not the thin caps above and below it
+MIN_AREA = 0.6
 
 
 def mni152_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,7 +56,7 @@ def load_builtin(opts: DataOptions | None = None) -> Splits:
     opts = opts or DataOptions()
     vol, brain, affine = mni152_volume()
     images, positions, indices = slice_volume(
-        vol, affine, opts.axis, brain, opts.size, opts.fit, name=SOURCE
+        vol, affine, opts.axis, brain, opts.size, opts.fit, name=SOURCE, min_area=MIN_AREA
     )
     names = split_of(np.arange(len(images)))
     splits: Splits = {}

@@ -55,7 +55,7 @@ def _read(root: Path | None, opts: DataOptions) -> Splits:
     return volumes.load_volume_tree(root, opts)
 
 
-CACHE_VERSION = 2  # bump when decoding, slicing or normalisation changes
+CACHE_VERSION = 3  # bump when decoding, slicing or normalisation changes
 
 
 def cache_dir() -> Path:
