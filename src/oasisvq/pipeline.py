@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from oasisvq.data.options import DataOptions
 from oasisvq.evaluate.reconstruction import evaluate_run
@@ -48,7 +49,19 @@ def run_demo(
     force: bool = False,
 ) -> dict:
     """Train, evaluate and sample; returns the evaluation summary. Figures go to ``out``."""
-    out = Path(out)
+    threads = torch.get_num_threads()
+    if data is None:
+        # the built-in demo's tiny batches gain nothing from a second thread, and two
+        # threads wait on each other (many times slower) when another process shares
+        # the cores
+        torch.set_num_threads(1)
+    try:
+        return _demo(Path(out), data, settings, force)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(out: Path, data: str | None, settings: DemoSettings, force: bool) -> dict:
     builtin = data is None
     small = {"batch_size": settings.builtin_batch, "lr": settings.builtin_lr} if builtin else {}
     train_vqvae(
