@@ -8,7 +8,7 @@ import json
 from oasisvq.cli import args as A
 from oasisvq.data.options import DataOptions
 from oasisvq.io import dumps
-from oasisvq.prior.base import SamplingOptions
+from oasisvq.prior.base import PRECISIONS, SamplingOptions
 from oasisvq.train import distributed as D
 
 
@@ -118,22 +118,15 @@ def add_sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
     p.add_argument(
         "--precision",
         default=precision,
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         help=f"decoding precision (default {precision}; auto: bf16 where native)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
-    return SamplingOptions(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        guidance=args.guidance,
-        steps=args.steps,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
-    )
+    """The options :func:`add_sampling_options` parsed (the dataclass's own field names)."""
+    return SamplingOptions(**{f: getattr(args, f) for f in SamplingOptions.__dataclass_fields__})
 
 
 def print_json(value: object) -> None:
