@@ -84,7 +84,7 @@ def _finish(proc: subprocess.Popen, log: Path) -> None:
     try:
         rc = proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid)
         raise
     assert rc == 0, f"{' '.join(map(str, proc.args))} exited {rc}:\n{log.read_text()[-4000:]}"
 
@@ -210,7 +210,7 @@ def test_killed_distributed_run_resumes_with_another_process_count(
         workers = [int(p.read_text()) for p in sorted(probe.glob("pid-*"))]
         for pid in workers:
             _kill(pid)
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid)
         proc.wait()
     assert len(workers) == 2
     _wait_gone(workers)
@@ -258,6 +258,15 @@ def test_killed_distributed_run_resumes_with_another_process_count(
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL process group ``pid``; one already gone (the run failed early) is fine, so
+    the failure that ended it is the one reported."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 

@@ -153,3 +153,18 @@ def test_check_writable_refuses_a_read_only_folder(tmp_path: Path) -> None:
             io.check_writable(folder)
     finally:
         folder.chmod(0o700)
+
+
+def test_only_rank_zero_checks_the_run_folder(tmp_path: Path, monkeypatch) -> None:
+    # under torchrun rank 0 may already be writing the new run when rank 1 opens it
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.json").write_text("[]")
+    monkeypatch.setenv("RANK", "1")
+    with open_run_dir(out) as held:
+        assert held == out
+    assert not (out / ".lock").exists()
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RunError, match="not a run of oasisvq"):
+        with open_run_dir(out):
+            pass

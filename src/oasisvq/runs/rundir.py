@@ -136,12 +136,13 @@ def open_run_dir(
     takes ``RUN/.lock`` for the whole ``with`` block (a second process is refused with
     a ``RunError``; a dead holder's lock is released by the system), checks again under
     the lock, empties the run with ``force`` and yields ``out``."""
-    check_run_dir(out, resume=resume, force=force, inputs=inputs)
     if int(os.environ.get("RANK", "0")) != 0:
-        # under torchrun only rank 0 holds the folder and writes into it; the others
-        # train beside it (they wait for it at the process group's barriers)
+        # under torchrun only rank 0 checks, holds and writes the folder; the others train
+        # beside it (they wait for it at the process group's barriers). Checking here too
+        # would race rank 0, which may already have started writing into it.
         yield Path(out)
         return
+    check_run_dir(out, resume=resume, force=force, inputs=inputs)
     created = not Path(out).exists()
     try:
         with run_lock(out):
