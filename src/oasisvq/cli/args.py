@@ -12,6 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 
+from oasisvq.data.options import MIN_VOLUME_SIDE
 from oasisvq.errors import ConfigError
 
 
@@ -56,6 +57,16 @@ def _show(bound: float) -> str:
 def size(text: str) -> int:
     """``--size``: the square image side; every preset halves it up to 4 times."""
     return _integer(text, 16, 4096, multiple=16)
+
+
+def voxel_mm(text: str) -> float:
+    """``--voxel-mm``: isotropic voxel size whole volumes are resampled to."""
+    return _number(text, 0.0, low_open=True)
+
+
+def volume_side(text: str) -> int:
+    """One side of ``--volume-shape``, in voxels."""
+    return _integer(text, MIN_VOLUME_SIDE, 4096)
 
 
 def batch_size(text: str) -> int:

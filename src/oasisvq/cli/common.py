@@ -11,6 +11,8 @@ from oasisvq.io import dumps
 from oasisvq.prior.base import PRECISIONS, SamplingOptions
 from oasisvq.train import distributed as D
 
+DEFAULTS = DataOptions()
+
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
@@ -38,9 +40,48 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_volume_options(p: argparse.ArgumentParser) -> None:
+    """``--dims`` and the whole-volume options (after :func:`add_data_options`)."""
+    g = p.add_argument_group("whole volumes (--dims 3)")
+    g.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: volumes cut into slices (default), 3: whole volumes",
+    )
+    g.add_argument(
+        "--voxel-mm",
+        type=A.voxel_mm,
+        default=None,
+        metavar="MM",
+        help=f"isotropic voxel size volumes are resampled to (default {DEFAULTS.voxel_mm:g})",
+    )
+    g.add_argument(
+        "--volume-shape",
+        type=A.volume_side,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="crop/pad size in voxels, RAS order (default "
+        + " ".join(map(str, DEFAULTS.volume_shape))
+        + ")",
+    )
+
+
 def data_options(args: argparse.Namespace, size: int = 128) -> DataOptions:
+    volume = {
+        "dims": getattr(args, "dims", DEFAULTS.dims),
+        "voxel_mm": getattr(args, "voxel_mm", None) or DEFAULTS.voxel_mm,
+        "volume_shape": tuple(getattr(args, "volume_shape", None) or DEFAULTS.volume_shape),
+    }
     return DataOptions(
-        size=args.size or size, fit=args.fit, axis=args.axis, mask=args.mask, skip_bad=args.skip_bad
+        size=args.size or size,
+        fit=args.fit,
+        axis=args.axis,
+        mask=args.mask,
+        skip_bad=args.skip_bad,
+        **volume,
     )
 
 

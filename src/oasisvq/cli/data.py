@@ -1,7 +1,7 @@
 """Data commands: ``presets``, ``data``, ``download`` and ``prepare``.
 
 oasisvq presets [--json]
-oasisvq data [ROOT] [--json]
+oasisvq data [ROOT] [--json] [--dims 3 [--voxel-mm MM] [--volume-shape X Y Z]]
 oasisvq download oasis1 --to DIR [--discs 1-12] [--with-metadata]
 oasisvq prepare oasis1 --from DIR --to OUT [--size 256] [--fractions 0.8,0.1,0.1]
 """
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from oasisvq.cli import args as A
-from oasisvq.cli.common import add_data_options, data_options, print_json
+from oasisvq.cli.common import add_data_options, add_volume_options, data_options, print_json
 from oasisvq.data.download import (
     DATASETS,
     NRG_BASE_URL,
@@ -24,7 +24,9 @@ from oasisvq.data.download import (
 )
 from oasisvq.data.loader import load_splits
 from oasisvq.data.prepare import prepare_oasis1
-from oasisvq.data.stats import describe, format_stats
+from oasisvq.data.stats import describe, describe_volumes, format_stats, format_volume_stats
+from oasisvq.data.volumes3d import load_volumes
+from oasisvq.errors import ConfigError
 from oasisvq.model.presets import PRESETS
 from oasisvq.model.vqvae import VQVAE, count_params
 
@@ -222,11 +224,19 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    stats = describe(load_splits(args.data, data_options(args)))
+    opts = data_options(args)
+    if opts.dims == 3:
+        if args.data is None:
+            raise ConfigError("--dims 3 needs a data root of NIfTI/Analyze volumes")
+        stats = describe_volumes(load_volumes(args.data, opts))
+        text = format_volume_stats
+    else:
+        stats = describe(load_splits(args.data, opts))
+        text = format_stats
     if args.json:
         print_json(stats)
     else:
-        print(format_stats(stats))
+        print(text(stats))
     return 0
 
 
@@ -240,6 +250,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="?", default=None, help="data root (default: the built-in brain)")
     p.add_argument("--json", action="store_true")
     add_data_options(p)
+    add_volume_options(p)
     p.set_defaults(func=run_data)
 
     add_download_parser(sub)

@@ -137,10 +137,12 @@ def read_clinical_table(path: Path) -> dict[str, dict[str, str]]:
     pick = {"age": "age", "sex": "m/f", "mmse": "mmse", "cdr": "cdr"}
     table = {}
     for row in rows:
-        values = {
+        session = (row.get(columns["id"]) or "").strip()  # None in a short row
+        if not session:
+            continue
+        table[session] = {
             key: (row.get(columns.get(col, ""), "") or "").strip() for key, col in pick.items()
         }
-        table[row[columns["id"]].strip()] = values
     return table
 
 

@@ -1,10 +1,15 @@
-"""Summary numbers of loaded splits, for ``oasisvq data``."""
+"""Summary numbers of loaded splits (slices or whole volumes), for ``oasisvq data``."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from oasisvq.data.slices import SliceSet, Splits
+
+if TYPE_CHECKING:
+    from oasisvq.data.volumes3d import VolumeSet
 
 UNLABELLED = "(none)"
 _CHUNK = 1024  # slices per chunk when scanning (images may be large memory maps)
@@ -112,3 +117,101 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
         for r in rows
     ]
     return [line.rstrip() for line in fmt]
+
+
+# ----------------------------------------------------------------------------- whole volumes
+
+
+def _age_summary(ages: np.ndarray) -> dict:
+    ages = np.asarray(ages, np.float64)
+    ages = ages[np.isfinite(ages)]
+    if not ages.size:
+        return {"age_min": None, "age_median": None, "age_max": None}
+    return {
+        "age_min": float(ages.min()),
+        "age_median": float(np.median(ages)),
+        "age_max": float(ages.max()),
+    }
+
+
+def describe_volume_split(s: VolumeSet) -> dict:
+    """Numbers of one split of whole volumes (see :func:`describe_volumes`)."""
+    sexes = np.asarray(s.sexes)
+    return {
+        "volumes": len(s),
+        "subjects": len(set(s.subjects)),
+        "masked": int(np.count_nonzero(s.masked)),
+        **_age_summary(s.ages),
+        "female": int(np.count_nonzero(sexes == 0)),
+        "male": int(np.count_nonzero(sexes == 1)),
+        "sex_unknown": int(np.count_nonzero(sexes < 0)),
+        "skipped": len(s.skipped),
+        "skipped_files": list(s.skipped),
+    }
+
+
+def describe_volumes(sets: dict[str, VolumeSet]) -> dict:
+    """``{shape, voxel_mm, splits: {split: {volumes, subjects, masked, age_min, age_median,
+    age_max, female, male, sex_unknown, skipped, skipped_files}}, brain_extent: {min,
+    median, max}, brains_cut}``. ``brain_extent`` is the per-axis (x, y, z) size in
+    voxels of the brains' bounding boxes before the crop/pad (None when unknown);
+    ``brains_cut`` counts the volumes whose brain is larger than ``shape``."""
+    first = next(iter(sets.values()))
+    shape = first.shape
+    extents = np.concatenate([np.asarray(s.extents).reshape(-1, 3) for s in sets.values()])
+    extents = extents[(extents >= 0).all(axis=1)]
+    extent = None
+    if len(extents):
+        extent = {
+            "min": extents.min(axis=0).tolist(),
+            "median": np.median(extents, axis=0).tolist(),
+            "max": extents.max(axis=0).tolist(),
+        }
+    return {
+        "shape": list(shape),
+        "voxel_mm": float(first.voxel_mm),
+        "splits": {name: describe_volume_split(s) for name, s in sets.items()},
+        "brain_extent": extent,
+        "brains_cut": int(np.count_nonzero((extents > np.asarray(shape)).any(axis=1))),
+    }
+
+
+def _xyz(values: list) -> str:
+    return "x".join(f"{v:g}" for v in values)
+
+
+def format_volume_stats(d: dict) -> str:
+    """A plain-text summary of :func:`describe_volumes` output: one row per split, the
+    grid, the brains' extent, then every skipped file."""
+    header = ("split", "volumes", "subjects", "masked", "ages", "median", "F", "M", "?", "skipped")
+    rows = [header]
+    for name, s in d["splits"].items():
+        ages = "-" if s["age_min"] is None else f"{s['age_min']:.0f}-{s['age_max']:.0f}"
+        median = _fmt(s["age_median"], ".1f")
+        counts = (s["female"], s["male"], s["sex_unknown"], s["skipped"])
+        rows.append(
+            (name, str(s["volumes"]), str(s["subjects"]), str(s["masked"]), ages, median)
+            + tuple(map(str, counts))
+        )
+    lines = _table(rows)
+    mm = [n * d["voxel_mm"] for n in d["shape"]]
+    lines += [
+        "",
+        f"volumes: {_xyz(d['shape'])} voxels of {d['voxel_mm']:g} mm ({_xyz(mm)} mm, RAS)",
+    ]
+    e = d["brain_extent"]
+    if e is not None:
+        lines.append(
+            f"brain extent (voxels): min {_xyz(e['min'])}, median {_xyz(e['median'])}, "
+            f"max {_xyz(e['max'])}"
+        )
+        lines.append(
+            f"{d['brains_cut']} brain(s) larger than {_xyz(d['shape'])}: cut at the edges"
+            if d["brains_cut"]
+            else f"every brain fits inside {_xyz(d['shape'])}"
+        )
+    skipped = [(n, line) for n, s in d["splits"].items() for line in s["skipped_files"]]
+    if skipped:
+        lines += ["", f"skipped files ({len(skipped)}):"]
+        lines += [f"  {name}: {line}" for name, line in skipped]
+    return "\n".join(lines)

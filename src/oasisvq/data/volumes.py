@@ -6,15 +6,19 @@
   as ``uint8`` squares, always in the same display orientation.
 * :func:`load_volume_tree` reads every volume under a folder, pairs optional brain
   masks, reads ages/splits from ``participants.csv`` and splits by subject.
+
+Finding, pairing and splitting (:func:`find_volume_files`, :func:`read_each`) are
+shared with :mod:`oasisvq.data.volumes3d`, which keeps each volume whole.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -63,6 +67,8 @@ _BIDS_SUBJECT = re.compile(r"(sub-[A-Za-z0-9]+)(_ses-[A-Za-z0-9]+)?")
 
 # Within one OASIS session, prefer the most processed image (earlier = preferred).
 _OASIS_PREFERENCE = ("_masked_gfc", "_t88_gfc", "_sbj_111")
+
+T = TypeVar("T")
 
 _SPLIT_ALIASES = {
     "train": "train",
@@ -114,6 +120,12 @@ def subject_id(path: Path) -> str:
     if m := _BIDS_SUBJECT.search(stem):
         return m.group(1)
     return stem
+
+
+def oasis_session(path: Path) -> str | None:
+    """OASIS session of a volume file (``OAS1_0001_MR1_...`` -> ``OAS1_0001_MR1``), or None."""
+    m = _OASIS_SESSION.search(volume_stem(path) or path.name)
+    return m.group(0) if m else None
 
 
 def _scan_key(path: Path) -> str:
@@ -367,7 +379,9 @@ def pair_masks(images: list[Path], masks: list[Path]) -> dict[Path, Path]:
     return out
 
 
-def _mask_folder(root: Path, mask: str | None) -> Path | None:
+def mask_folder(root: Path, mask: str | None) -> Path | None:
+    """The explicit mask folder of ``opts.mask`` (a path, or relative to ``root``), or
+    None for no masks and ``"auto"``."""
     if mask is None or mask == "auto":
         return None
     path = Path(mask).expanduser()
@@ -386,10 +400,39 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return next((lowered.index(n) for n in names if n in lowered), None)
 
 
-def read_participants(path: Path) -> dict[str, tuple[float, str | None]]:
-    """Read ``participants.csv`` (columns ``subject``, ``age`` and optionally ``split``).
+FEMALE, MALE, UNKNOWN_SEX = 0, 1, -1
+_SEXES = {"f": FEMALE, "female": FEMALE, "m": MALE, "male": MALE}
 
-    Returns ``{subject: (age or NaN, split or None)}``."""
+
+class Participant(NamedTuple):
+    """One row of ``participants.csv``: age in years (NaN = unknown), split (None = not
+    given) and sex (:data:`FEMALE`, :data:`MALE` or :data:`UNKNOWN_SEX`)."""
+
+    age: float
+    split: str | None
+    sex: int = UNKNOWN_SEX
+
+
+def parse_sex(text: str | None) -> int:
+    """``F``/``female`` -> 0, ``M``/``male`` -> 1 (any case), anything else -> -1."""
+    return _SEXES.get((text or "").strip().lower(), UNKNOWN_SEX)
+
+
+def parse_age(text: str | None, path: Path, where: str) -> float:
+    """Age in years from a table cell; empty/NA -> NaN, anything else not a number is a
+    :class:`DataError` naming ``path`` and ``where`` (the line or row)."""
+    text = (text or "").strip()
+    if text.lower() in ("", "na", "n/a", "nan"):
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(path, f"{where}: age {text!r} is not a number") from None
+
+
+def read_participant_table(path: Path) -> dict[str, Participant]:
+    """Read ``participants.csv`` (columns ``subject``, optionally ``age``, ``sex`` and
+    ``split``). Returns ``{subject: Participant}``."""
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:
@@ -398,22 +441,30 @@ def read_participants(path: Path) -> dict[str, tuple[float, str | None]]:
     if subj is None:
         raise DataError(path, f"no 'subject' column (header: {rows[0]})")
     age, split = _column(rows[0], ("age",)), _column(rows[0], ("split",))
-    out: dict[str, tuple[float, str | None]] = {}
+    sex = _column(rows[0], ("sex", "gender", "m/f"))
+    out: dict[str, Participant] = {}
     for line, row in enumerate(rows[1:], start=2):
-        if not row or not row[subj].strip():
+        if not row or subj >= len(row) or not row[subj].strip():
             continue
-        out[row[subj].strip()] = (_age(row, age, path, line), _split(row, split, path, line))
+        out[row[subj].strip()] = Participant(
+            _age(row, age, path, line), _split(row, split, path, line), parse_sex(_cell(row, sex))
+        )
     return out
 
 
+def read_participants(path: Path) -> dict[str, tuple[float, str | None]]:
+    """Read ``participants.csv`` (columns ``subject``, ``age`` and optionally ``split``).
+
+    Returns ``{subject: (age or NaN, split or None)}``."""
+    return {s: (p.age, p.split) for s, p in read_participant_table(path).items()}
+
+
+def _cell(row: list[str], col: int | None) -> str:
+    return row[col] if col is not None and col < len(row) else ""
+
+
 def _age(row: list[str], col: int | None, path: Path, line: int) -> float:
-    text = row[col].strip() if col is not None and col < len(row) else ""
-    if text.lower() in ("", "na", "n/a", "nan"):
-        return float("nan")
-    try:
-        return float(text)
-    except ValueError:
-        raise DataError(path, f"line {line}: age {text!r} is not a number") from None
+    return parse_age(_cell(row, col), path, f"line {line}")
 
 
 def _split(row: list[str], col: int | None, path: Path, line: int) -> str | None:
@@ -460,19 +511,39 @@ def split_subjects(
 # ----------------------------------------------------------------------------- tree
 
 
-def load_volume_tree(root: Path, opts: DataOptions) -> Splits:
-    """Read every volume below ``root`` into slice splits (see the module docstring).
+@dataclass
+class VolumeFiles:
+    """The volumes under a data root and what goes with each (see :func:`find_volume_files`).
 
-    Masks/segmentations are never loaded as images. ``opts.mask``: None (no masks),
-    ``"auto"`` (pair masks found under ``root`` when present) or a folder of masks
-    (every volume must then have one). Splits come from the ``split`` column of
-    ``root/participants.csv`` when there is one, otherwise from
-    ``opts.split_fractions``/``opts.split_seed`` applied to subjects.
+    images:     image files, masks/segmentations excluded, OASIS copies reduced to one
+    masks:      ``{image: mask file}`` for the images that have one
+    mask_dir:   the explicit mask folder (every image must then have a mask), or None
+    table:      ``{subject: Participant}`` from ``participants.csv`` (``{}`` without one)
+    table_path: where ``participants.csv`` is (or would be)
+    splits:     ``{image: split}``: images of a subject without a split are left out
+    skipped:    ``{split: ["path: reason", ...]}``; key :data:`NO_SPLIT` for images left out
     """
+
+    root: Path
+    images: list[Path]
+    masks: dict[Path, Path]
+    mask_dir: Path | None
+    table: dict[str, Participant]
+    table_path: Path
+    splits: dict[Path, str]
+    skipped: dict[str, list[str]]
+
+
+def find_volume_files(root: Path, opts: DataOptions) -> VolumeFiles:
+    """Find the images under ``root``, pair their masks and split them by subject.
+
+    Masks/segmentations are never images. ``opts.mask``: None (no masks), ``"auto"``
+    (pair masks found under ``root`` when present) or a folder of masks (every volume
+    must then have one). Splits come from the ``split`` column of
+    ``root/participants.csv`` when there is one, otherwise from
+    ``opts.split_fractions``/``opts.split_seed`` applied to subjects."""
     root = Path(root).resolve()
-    if opts.axis not in AXES:
-        raise ConfigError(f"axis={opts.axis!r}: expected one of {AXES}")
-    mask_dir = _mask_folder(root, opts.mask)
+    mask_dir = mask_folder(root, opts.mask)
     images, masks = find_volumes(root, exclude=mask_dir)
     if not images:
         raise DataError(root, "no NIfTI/Analyze volumes found (masks/segmentations are not images)")
@@ -480,38 +551,71 @@ def load_volume_tree(root: Path, opts: DataOptions) -> Splits:
         masks = list(_volume_files(mask_dir))
     pairs = pair_masks(images, masks) if opts.mask is not None else {}
     table_path = root / "participants.csv"
-    table = read_participants(table_path) if table_path.is_file() else {}
-    assignment, skipped = _assign(images, table, table_path, opts)
-    parts: dict[str, list[tuple]] = {s: [] for s in SPLIT_NAMES}
-    for path in images:
-        split = assignment.get(path)
+    table = read_participant_table(table_path) if table_path.is_file() else {}
+    splits, skipped = _assign(images, table, table_path, opts)
+    return VolumeFiles(root, images, pairs, mask_dir, table, table_path, splits, skipped)
+
+
+def read_each(
+    files: VolumeFiles, opts: DataOptions, read: Callable[[Path, Path | None], T]
+) -> dict[str, list[T]]:
+    """``read(image, mask or None)`` for every image that has a split, grouped by split
+    (in file order). A :class:`DataError` stops, or with ``opts.skip_bad`` is added to
+    ``files.skipped`` under the image's split."""
+    parts: dict[str, list[T]] = {s: [] for s in SPLIT_NAMES}
+    for path in files.images:
+        split = files.splits.get(path)
         if split is None:
             continue
         try:
-            if mask_dir is not None and path not in pairs:
-                raise DataError(path, f"no mask for this volume in {mask_dir}")
-            parts[split].append(_read_one(path, pairs.get(path), table, opts))
+            if files.mask_dir is not None and path not in files.masks:
+                raise DataError(path, f"no mask for this volume in {files.mask_dir}")
+            parts[split].append(read(path, files.masks.get(path)))
         except DataError as exc:
             if not opts.skip_bad:
                 raise
-            skipped.setdefault(split, []).append(str(exc))
-    return _build_splits(root, parts, skipped)
+            files.skipped.setdefault(split, []).append(str(exc))
+    return parts
+
+
+def check_skipped(root: Path, counts: dict[str, int], skipped: dict[str, list[str]]) -> None:
+    """Refuse a result with no volume at all, or a split that only skipped files emptied
+    (``counts``: volumes read per split)."""
+    if not any(counts.values()):
+        raise DataError(root, "no readable volumes (all skipped)" + _first(skipped))
+    for name in SPLIT_NAMES:
+        if not counts.get(name) and skipped.get(name):
+            raise DataError(
+                root,
+                f"split '{name}' would be empty: all its {len(skipped[name])} volume(s) were "
+                f"skipped{_first({name: skipped[name]})}",
+            )
+
+
+def load_volume_tree(root: Path, opts: DataOptions) -> Splits:
+    """Read every volume below ``root`` into slice splits (see the module docstring and
+    :func:`find_volume_files` for masks and splits)."""
+    if opts.axis not in AXES:
+        raise ConfigError(f"axis={opts.axis!r}: expected one of {AXES}")
+    files = find_volume_files(root, opts)
+    parts = read_each(files, opts, lambda path, mask: _read_one(path, mask, files.table, opts))
+    return _build_splits(files.root, parts, files.skipped)
 
 
 NO_SPLIT = ""  # key of the skipped lines of subjects that have no split
 
 
 def _assign(
-    images: list[Path], table: dict, table_path: Path, opts: DataOptions
+    images: list[Path], table: dict[str, Participant], table_path: Path, opts: DataOptions
 ) -> tuple[dict[Path, str], dict[str, list[str]]]:
     """Split of each volume, plus skipped lines for subjects the split column lacks."""
     subjects = {p: subject_id(p) for p in images}
     skipped: dict[str, list[str]] = {}
-    if any(split is not None for _, split in table.values()):
+    if any(p.split is not None for p in table.values()):
         out: dict[Path, str] = {}
         for path, subj in subjects.items():
             if subj in table:
-                out[path] = table[subj][1]
+                out[path] = table[subj].split
                 continue
             exc = DataError(path, f"subject {subj!r} has no row in {table_path}")
             if not opts.skip_bad:
@@ -522,7 +626,9 @@ def _assign(
     return {p: by_subject[s] for p, s in subjects.items()}, skipped
 
 
-def _read_one(path: Path, mask_path: Path | None, table: dict, opts: DataOptions) -> tuple:
+def _read_one(
+    path: Path, mask_path: Path | None, table: dict[str, Participant], opts: DataOptions
+) -> tuple:
     vol, affine = read_volume(path)
     mask = None
     if mask_path is not None:
@@ -537,7 +643,7 @@ def _read_one(path: Path, mask_path: Path | None, table: dict, opts: DataOptions
         vol, affine, opts.axis, mask, opts.size, opts.fit, name=str(path)
     )
     subj = subject_id(path)
-    age = table.get(subj, (float("nan"), None))[0]
+    age = table[subj].age if subj in table else float("nan")
     return images, positions, [f"{path}#{k}" for k in indices], subj, age
 
 
@@ -557,15 +663,7 @@ def _build_splits(
             ages=np.concatenate([np.full(len(it[0]), it[4], np.float32) for it in items]),
             skipped=list(skipped.get(name, [])),
         )
-    if not splits:
-        raise DataError(root, "no readable volumes (all skipped)" + _first(skipped))
-    for name in SPLIT_NAMES:
-        if name not in splits and skipped.get(name):
-            raise DataError(
-                root,
-                f"split '{name}' would be empty: all its {len(skipped[name])} volume(s) were "
-                f"skipped{_first({name: skipped[name]})}",
-            )
+    check_skipped(root, {n: len(parts[n]) for n in SPLIT_NAMES}, skipped)
     # subjects without a split (no row in participants.csv) are listed with the first split
     next(iter(splits.values())).skipped.extend(skipped.get(NO_SPLIT, []))
     return splits
