@@ -191,3 +191,27 @@ def test_ssim_matches_pytorch_msssim_reference() -> None:
         x, y, data_range=1.0, size_average=False, win_size=11, win_sigma=1.5, K=(0.01, 0.03)
     )
     assert torch.allclose(M.ssim(x, y), ref, atol=1e-6)
+
+
+def test_ms_ssim_matches_pytorch_msssim_reference() -> None:
+    import pytorch_msssim
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(3, 1, 128, 112, generator=gen)
+    x = torch.nn.functional.avg_pool2d(x, 5, 1, 2)  # smooth: high MS-SSIM
+    y = x + torch.tensor([0.02, 0.1, 0.3]).view(3, 1, 1, 1) * torch.rand(x.shape, generator=gen)
+    y = y.clamp(0, 1)
+    ref = pytorch_msssim.ms_ssim(
+        x, y, data_range=1.0, size_average=False, win_size=7, win_sigma=1.5, K=(0.01, 0.03)
+    )
+    assert torch.allclose(M.ms_ssim(x, y), ref, atol=1e-6, rtol=0)
+
+
+def test_masked_ssim_2d_averages_inside_the_mask() -> None:
+    gen = torch.Generator().manual_seed(12)
+    x = torch.rand(2, 1, 30, 30, generator=gen)
+    y = (x + 0.2 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    left = torch.zeros_like(x, dtype=torch.bool)
+    left[..., :15] = True  # valid centres 5..14 and 15..24: two equal halves
+    halves = (M.ssim(x, y, left) + M.ssim(x, y, ~left)) / 2
+    torch.testing.assert_close(halves, M.ssim(x, y), atol=1e-6, rtol=0)

@@ -1,4 +1,5 @@
-"""Figures for reconstructions, samples, inpaintings, nearest neighbours and training curves.
+"""Figures for reconstructions, samples, inpaintings, nearest neighbours, volumes and
+training curves.
 
 All functions draw on a bare :class:`matplotlib.figure.Figure` with the Agg
 canvas (no pyplot state, never a window), save a 150 dpi PNG atomically (written to
@@ -6,7 +7,10 @@ canvas (no pyplot state, never a window), save a 150 dpi PNG atomically (written
 return the path. Inputs may be numpy arrays or CPU tensors:
 
 * images: ``(N, H, W)`` (or ``(N, 1, H, W)``) float in ``[0, 1]`` (clipped for display);
-* code maps: ``(N, h, w)`` integer code indices in ``[0, K)``.
+* code maps: ``(N, h, w)`` integer code indices in ``[0, K)``;
+* volumes: ``(N, X, Y, Z)`` (or ``(N, 1, X, Y, Z)``) float in ``[0, 1]``, RAS voxel
+  order (x runs left -> right, y posterior -> anterior, z inferior -> superior),
+  shown as three orthogonal slices (see :func:`orthogonal_slices`).
 
 Asking for more examples than given (``n > N``) simply shows all ``N``.
 """
@@ -25,9 +29,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from oasisvq.io import atomic_write
-from oasisvq.metrics import ssim
+from oasisvq.metrics import SSIM_WIN_SIZE, ssim, ssim3d
 
 DPI = 150
 IMAGE_CMAP = "gray"
@@ -40,6 +45,9 @@ __all__ = [
     "image_grid",
     "inpainting_figure",
     "nearest_neighbour_figure",
+    "orthogonal_slices",
+    "volume_views",
+    "orthogonal_views_figure",
     "curves_figure",
 ]
 
@@ -352,6 +360,163 @@ def nearest_neighbour_figure(
         if j == 0:
             top.set_ylabel("sample", fontsize=8)
             bottom.set_ylabel("nearest train", fontsize=8)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- volumes
+
+VIEW_NAMES = ("sagittal", "coronal", "axial")
+_VIEW_INCHES = 1.7  # height of one view panel
+
+
+def _as_volumes(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    """``(N, X, Y, Z)`` or ``(N, 1, X, Y, Z)`` -> ``(N, X, Y, Z)`` float32 clipped to [0, 1]."""
+    arr = _to_numpy(a)
+    if arr.ndim == 5 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 4:
+        raise ValueError(f"{name}: expected (N, X, Y, Z) volumes, got shape {arr.shape}")
+    return np.clip(arr.astype(np.float32), 0.0, 1.0)
+
+
+def orthogonal_slices(
+    volume: np.ndarray | torch.Tensor, point: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sagittal, coronal and axial slices through ``point``, oriented for display.
+
+    volume: ``(X, Y, Z)`` (or ``(1, X, Y, Z)``) in RAS voxel order: x runs left ->
+    right, y posterior -> anterior, z inferior -> superior. point: voxel ``(x, y, z)``
+    the slices pass through (default: the centre, ``(X // 2, Y // 2, Z // 2)``).
+    Returns three 2D float32 arrays, row 0 at the top of the picture, in the display
+    convention of the 2D slices of :mod:`oasisvq.data.volumes`:
+
+    * sagittal ``(Z, Y)``: superior up, anterior on the right;
+    * coronal ``(Z, X)``: superior up, the subject's right on the image right;
+    * axial ``(Y, X)``: anterior up, the subject's right on the image right.
+
+    The coronal and axial views are thus seen from the front and from above (the
+    neurological convention, not the radiological one); values are not clipped.
+    """
+    vol = _to_numpy(volume)
+    if vol.ndim == 4 and vol.shape[0] == 1:
+        vol = vol[0]
+    if vol.ndim != 3:
+        raise ValueError(f"expected an (X, Y, Z) volume, got shape {vol.shape}")
+    at = tuple(s // 2 for s in vol.shape) if point is None else tuple(int(p) for p in point)
+    if len(at) != 3 or not all(0 <= p < s for p, s in zip(at, vol.shape, strict=True)):
+        raise ValueError(f"point {at} is outside the volume {vol.shape}")
+    x, y, z = at
+    # each plane's first RAS axis runs along the columns, its second up the rows
+    planes = (vol[x, :, :], vol[:, y, :], vol[:, :, z])
+    sag, cor, ax = (np.ascontiguousarray(p.T[::-1], dtype=np.float32) for p in planes)
+    return sag, cor, ax
+
+
+def _view_ratios(shape: Sequence[int]) -> tuple[list[int], float]:
+    """Panel width ratios ``[Y, X, X]`` and the inches per voxel of ``(X, Y, Z)`` views."""
+    x, y, z = shape
+    return [y, x, x], _VIEW_INCHES / max(z, y)
+
+
+def _show_views(axes: Sequence[Axes], views: Sequence[np.ndarray], **style) -> AxesImage:
+    """Draw three views on three axes; returns the last image (for a colourbar)."""
+    opts = {"cmap": IMAGE_CMAP, "vmin": 0.0, "vmax": 1.0, "interpolation": "nearest"} | style
+    for ax, view in zip(axes, views, strict=True):
+        im = ax.imshow(view, **opts)
+        _clean(ax, None)
+    return im
+
+
+def volume_views(
+    volume: np.ndarray | torch.Tensor,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    point: Sequence[int] | None = None,
+) -> Path:
+    """One volume's sagittal, coronal and axial slices side by side as a PNG.
+
+    volume: ``(X, Y, Z)`` (or ``(1, X, Y, Z)``) in ``[0, 1]``, RAS voxel order; point:
+    the voxel the slices pass through (default the centre). Orientation as in
+    :func:`orthogonal_slices`; each panel is titled with its view.
+    """
+    vol = _as_volumes(_to_numpy(volume)[None], "volume")[0]
+    views = orthogonal_slices(vol, point)
+    widths, scale = _view_ratios(vol.shape)
+    fig = _new_figure(sum(widths) * scale + 0.3, _VIEW_INCHES + (0.6 if title else 0.35))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": widths, "wspace": 0.05})
+    _show_views(axes, views)
+    for ax, name in zip(axes, VIEW_NAMES, strict=True):
+        ax.set_title(name, fontsize=8, pad=3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _ssim3d_scores(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray | None:
+    """Per-volume SSIM-3D or ``None`` when a side is shorter than the window."""
+    if min(originals.shape[1:]) < SSIM_WIN_SIZE:
+        return None
+    x = torch.from_numpy(originals)[:, None]
+    y = torch.from_numpy(reconstructions)[:, None]
+    with torch.no_grad():
+        return np.concatenate([ssim3d(x[i : i + 1], y[i : i + 1]).numpy() for i in range(len(x))])
+
+
+def orthogonal_views_figure(
+    originals: np.ndarray | torch.Tensor,
+    reconstructions: np.ndarray | torch.Tensor,
+    path: str | os.PathLike[str],
+    titles: Sequence[str] | None = None,
+    *,
+    point: Sequence[int] | None = None,
+    ssim_values: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+) -> Path:
+    """One row per subject: the sagittal, coronal and axial slices of the original, of
+    the reconstruction and of their absolute difference.
+
+    originals, reconstructions: ``(N, X, Y, Z)`` (or ``(N, 1, X, Y, Z)``) in ``[0, 1]``,
+    RAS voxel order, one shape; titles: ``N`` row labels or ``None``; point: the voxel
+    all slices pass through (default the centre); ssim_values: ``(N,)`` or ``None``
+    (then :func:`oasisvq.metrics.ssim3d` of each pair when every side is ``>= 11``),
+    written under each row's label. Orientation as in :func:`orthogonal_slices`
+    (superior up in sagittal and coronal views, anterior up in axial ones, the
+    subject's right on the image right). The difference panels share one colour
+    scale, shown by a colourbar beside the first row.
+    """
+    x = _as_volumes(originals, "originals")
+    r = _as_volumes(reconstructions, "reconstructions")
+    if x.shape != r.shape:
+        raise ValueError(f"originals {x.shape} and reconstructions {r.shape} differ")
+    if len(x) == 0:
+        raise ValueError("no volumes to draw")
+    if titles is not None and len(titles) != len(x):
+        raise ValueError(f"{len(titles)} titles for {len(x)} volumes")
+    if ssim_values is None:
+        scores = _ssim3d_scores(x, r)
+    else:
+        scores = _to_numpy(ssim_values).astype(np.float64).ravel()
+        _check_len(len(x), ssim_values=scores)
+    diffs = np.abs(x - r)
+    vmax = max(float(diffs.max()), 1e-3)
+    widths, scale = _view_ratios(x.shape[1:])
+    fig = _new_figure(3 * sum(widths) * scale + 1.2, len(x) * (_VIEW_INCHES + 0.2) + 0.4)
+    axes = fig.subplots(
+        len(x), 9, squeeze=False, gridspec_kw={"width_ratios": widths * 3, "wspace": 0.05}
+    )
+    for i in range(len(x)):
+        row = axes[i]
+        _show_views(row[0:3], orthogonal_slices(x[i], point))
+        _show_views(row[3:6], orthogonal_slices(r[i], point))
+        im = _show_views(row[6:9], orthogonal_slices(diffs[i], point), cmap=DIFF_CMAP, vmax=vmax)
+        label = [titles[i]] if titles is not None else []
+        label += [f"SSIM {scores[i]:.3f}"] if scores is not None else []
+        row[0].set_ylabel("\n".join(label), fontsize=8)
+    for j, head in enumerate(("Original", "Reconstruction", "|Difference|")):
+        for k, name in enumerate(VIEW_NAMES):
+            axes[0][3 * j + k].set_title(f"{head}\n{name}" if k == 0 else name, fontsize=8, pad=3)
+    cax = axes[0][8].inset_axes([1.06, 0.0, 0.08, 1.0])  # beside the first row, no resizing
+    fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
     return _save(fig, path)
 
 

@@ -74,6 +74,17 @@ def nearest_neighbours(
     return torch.cat(best_idx).numpy(), torch.cat(best_ssim).double().numpy()
 
 
+def random_pairs(n: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``(i, j)`` of pairs of distinct items out of ``n``: all
+    ``n (n - 1) / 2`` pairs when there are at most ``n_pairs``, else ``n_pairs`` random
+    ones (with repetition) drawn from ``seed``."""
+    if n * (n - 1) // 2 <= n_pairs:
+        return np.triu_indices(n, 1)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, n_pairs)
+    return i, (i + rng.integers(1, n, n_pairs)) % n
+
+
 @torch.no_grad()
 def mean_pairwise_similarity(
     images: np.ndarray | Tensor, n_pairs: int = 2000, seed: int = 0, batch_size: int = 128
@@ -84,12 +95,7 @@ def mean_pairwise_similarity(
     n = len(images)
     if n < 2:
         return math.nan, "ms_ssim"
-    rng = np.random.default_rng(seed)
-    if n * (n - 1) // 2 <= n_pairs:
-        i, j = np.triu_indices(n, 1)
-    else:
-        i = rng.integers(0, n, n_pairs)
-        j = (i + rng.integers(1, n, n_pairs)) % n
+    i, j = random_pairs(n, n_pairs, seed)
     size = min(np.asarray(images[:1]).shape[-2:])
     fn, name = (metrics.ms_ssim, "ms_ssim") if size > 96 else (metrics.ssim, "ssim")
     vals = []
