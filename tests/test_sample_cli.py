@@ -352,9 +352,10 @@ def test_resolve_condition() -> None:
         get_prior_config("transformer", condition="class,position"), class_names=("CN", "AD")
     )
     wanted = {"class": "AD", "position": 0.25}
-    assert resolve_conditions(cfg, wanted) == {"class": 1, "position": 0.25, "age": None}
+    want = {"class": 1, "position": 0.25, "age": None, "sex": None}
+    assert resolve_conditions(cfg, wanted) == want
     assert resolve_conditions(cfg, {"class": 0})["class"] == 0
     assert resolve_conditions(cfg, None)["class"] is None
-    for bad in ({"class": "XX"}, {"class": 5}, {"position": 1.5}, {"age": 70.0}, {"sex": "F"}):
+    for bad in ({"class": "XX"}, {"class": 5}, {"position": 1.5}, {"age": 70.0}, {"sex": "F"}, {"mood": 1}):
         with pytest.raises(ConfigError):
             resolve_conditions(cfg, bad)

@@ -250,7 +250,7 @@ def test_options_round_trip_through_json_and_old_configs_load_as_2d():
     old = {"size": 64, "fit": "pad", "axis": "coronal", "mask": None, "split_seed": 3}
     loaded = DataOptions.from_dict(old)
     assert (loaded.dims, loaded.size, loaded.split_seed) == (2, 64, 3)
-    with pytest.raises(ConfigError, match="dims=3: whole volumes"):
+    with pytest.raises(DataError, match="3D runs need a folder of volumes"):
         load_splits(None, DataOptions(dims=3))
 
 

@@ -9,6 +9,7 @@ from oasisvq.cli import args as A
 from oasisvq.data.options import DataOptions
 from oasisvq.io import dumps
 from oasisvq.prior.base import PRECISIONS, SamplingOptions
+from oasisvq.prior.config import SEXES
 from oasisvq.train import distributed as D
 
 DEFAULTS = DataOptions()
@@ -196,7 +197,10 @@ def add_condition_options(p: argparse.ArgumentParser) -> None:
         help="normalised slice position in [0, 1] (position-conditional prior)",
     )
     p.add_argument("--age", type=A.age, default=None, help="age in years (age-conditional prior)")
+    p.add_argument(
+        "--sex", choices=SEXES, type=str.upper, default=None, help="F or M (sex-conditional prior)"
+    )
 
 
 def conditions(args: argparse.Namespace) -> dict:
-    return {"class": args.class_name, "position": args.position, "age": args.age}
+    return {"class": args.class_name, "position": args.position, "age": args.age, "sex": args.sex}

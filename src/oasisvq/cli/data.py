@@ -198,8 +198,9 @@ def run_presets(args: argparse.Namespace) -> int:
     rows = [
         {
             "name": c.name,
-            "dims": 2,
-            "grid": c.grid,
+            "dims": c.dims,
+            # 2D: the side of the square grid; 3D: the three sizes of the volume's grid
+            "grid": c.grid if c.dims == 2 else list(c.grid_shape),
             "codebook_size": c.quantizer.codebook_size,
             "bits_per_image": c.bits_per_image,
             "params": count_params(VQVAE(c)),
@@ -212,12 +213,13 @@ def run_presets(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'name':<12}{'grid':>6}{'codes':>7}{'bits/img':>10}{'params':>11}{'epochs':>8}  description"
+        f"{'name':<12}{'grid':>9}{'codes':>7}{'bits/img':>10}{'params':>11}{'epochs':>8}  "
+        "description (bits per slice in 2D, per volume in 3D)"
     )
-    for r in rows:
-        grid = f"{r['grid']}x{r['grid']}"
+    for r, c in zip(rows, PRESETS.values(), strict=True):
+        grid = "x".join(map(str, c.grid_shape))
         print(
-            f"{r['name']:<12}{grid:>6}{r['codebook_size']:>7}{r['bits_per_image']:>10.0f}"
+            f"{r['name']:<12}{grid:>9}{r['codebook_size']:>7}{r['bits_per_image']:>10.0f}"
             f"{r['params']:>11,}{r['default_epochs']:>8}  {r['description']}"
         )
     return 0

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from oasisvq.data import builtin, oasis_png, tree, volumes
+from oasisvq.data import builtin, oasis_png, tree, volumes, volumes3d
+from oasisvq.data.cache import cache_dir, cached_folder, fingerprint
 from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet, Splits
-from oasisvq.errors import ConfigError, DataError
-from oasisvq.io import dumps, exclusive
+from oasisvq.errors import DataError
+from oasisvq.io import dumps
 
 
 def detect_layout(root: Path) -> str:
@@ -59,56 +58,11 @@ def _read(root: Path | None, opts: DataOptions) -> Splits:
 CACHE_VERSION = 3  # bump when decoding, slicing or normalisation changes
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("OASISVQ_CACHE", Path.home() / ".cache" / "oasisvq"))
-
-
-def fingerprint(h: hashlib._Hash, folder: Path) -> None:
-    """Add the path, size and modification time of every file under ``folder`` to ``h``:
-    a changed, touched, added or removed file changes the digest."""
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-
-
 def _cache_key(root: Path | None, opts: DataOptions) -> str:
     h = hashlib.sha256(json.dumps([CACHE_VERSION, str(root), opts.__dict__], default=str).encode())
     if root is not None:
         fingerprint(h, root)
     return h.hexdigest()[:20]
-
-
-def cached_folder(folder: Path, write: Callable[[Path], object]) -> Path:
-    """``folder``, written once by ``write(tmp)`` if it does not hold ``meta.json`` yet.
-
-    ``write`` fills an empty temporary folder beside ``folder`` (flat: files only, the
-    last one ``meta.json``), which is then renamed to ``folder``: readers see either no
-    folder or a complete one. Processes that build the same folder at once (the
-    torchrun processes of a node, before the process group exists) queue on a file
-    lock; the first writes, the rest find it written."""
-    if not (folder / "meta.json").exists():
-        with exclusive(folder.with_name(folder.name + ".lock")):
-            if not (folder / "meta.json").exists():
-                tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-                _clear(tmp)
-                tmp.mkdir(parents=True)
-                try:
-                    write(tmp)
-                    os.replace(tmp, folder)
-                except OSError:  # another process won the race: keep theirs
-                    if not (folder / "meta.json").exists():
-                        raise
-                finally:
-                    _clear(tmp)
-    return folder
-
-
-def _clear(tmp: Path) -> None:
-    if tmp.is_dir():
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
 
 def _save(tmp: Path, splits: Splits) -> None:
@@ -149,14 +103,14 @@ def load_splits(
     root: str | Path | None, opts: DataOptions | None = None, cache: bool = True
 ) -> Splits:
     """Read every split of a data root. Images are decoded once and cached as
-    memory-mapped ``uint8`` arrays (shared by all processes on a machine)."""
+    memory-mapped ``uint8`` arrays (shared by all processes on a machine). With
+    ``opts.dims == 3`` the splits hold whole volumes (:class:`VolumeSet`), not slices."""
     opts = opts or DataOptions()
-    if opts.dims != 2:
-        raise ConfigError(
-            f"dims={opts.dims}: whole volumes are read by oasisvq.data.volumes3d.load_volumes, "
-            "not as slices"
-        )
     root = None if root is None else Path(root).expanduser().resolve()
+    if opts.dims == 3:
+        if root is None:
+            raise DataError("data", "3D runs need a folder of volumes (--data ROOT)")
+        return volumes3d.load_volumes(root, opts, cache)
     if not cache:
         return _read(root, opts)
     folder = cached_folder(

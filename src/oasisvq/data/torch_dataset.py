@@ -1,4 +1,4 @@
-"""torch Datasets over decoded slices."""
+"""torch Datasets over decoded slices and volumes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oasisvq.data.slices import SliceSet
+from oasisvq.data.volumes3d import VolumeSet
 
 
 class ImageDataset(Dataset):
@@ -22,10 +23,26 @@ class ImageDataset(Dataset):
         return torch.from_numpy(np.array(self.images[i], np.uint8, copy=True)).unsqueeze(0)
 
 
+class VolumeDataset(Dataset):
+    """Item i: ``(1, X, Y, Z) uint8`` tensor of volume i (scaled on the device)."""
+
+    def __init__(self, volumes: VolumeSet) -> None:
+        self.volumes = volumes.volumes
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.volumes[i], np.uint8, copy=True)).unsqueeze(0)
+
+
 def to_unit(batch: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """``(B, 1, S, S) uint8`` -> float32 in [0, 1] on ``device``."""
+    """``(B, 1, S, S)`` or ``(B, 1, X, Y, Z)`` uint8 -> float32 in [0, 1] on ``device``;
+    images (not volumes: conv3d runs no faster so on CPU) are made ``channels_last``."""
     x = batch.to(device, non_blocking=True).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 from nibabel.processing import resample_from_to
 
 from oasisvq.data import volumes
-from oasisvq.data.loader import cache_dir, cached_folder, fingerprint
+from oasisvq.data.cache import cache_dir, cached_folder, fingerprint
 from oasisvq.data.options import DataOptions
 from oasisvq.data.prepare import find_clinical_table, read_clinical_table
 from oasisvq.data.slices import SPLIT_NAMES

@@ -14,6 +14,8 @@ from oasisvq import metrics
 from oasisvq.data.loader import get_split
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.tree import load_folder
+from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.evaluate.volumes import evaluate_volumes, reconstruct_volume_files, write_volume_report
 from oasisvq.figures import reconstruction_figure
 from oasisvq.io import atomic_write, check_writable, write_json
 from oasisvq.model.vqvae import VQVAE
@@ -90,12 +92,17 @@ def evaluate_run(
     with its options); figures and per-image CSV go to ``out_dir`` (default
     ``RUN/eval-SPLIT``). Returns the summary."""
     root = data_root if data_root is not None else run.data_root
-    slices = get_split(run.splits(data_root, skip_bad), split, root or "built-in data")
+    data = get_split(run.splits(data_root, skip_bad), split, root or "built-in data")
     out = out_dir or run.path / f"eval-{split}"
     check_writable(out)
-    summary, r = evaluate_slices(run.vqvae, slices, run.device, batch_size)
+    if isinstance(data, VolumeSet):
+        summary, r = evaluate_volumes(run.vqvae, data, run.device, min(batch_size, 2))
+        summary.update(split=split, data=root)
+        write_volume_report(out, data, summary, r, json_path)
+        return summary
+    summary, r = evaluate_slices(run.vqvae, data, run.device, batch_size)
     summary.update(split=split, data=root or "built-in MNI152")
-    write_report(out, slices, summary, r, json_path)
+    write_report(out, data, summary, r, json_path)
     return summary
 
 
@@ -108,7 +115,10 @@ def reconstruct_files(
     skip_bad: bool = False,
 ) -> dict:
     """Reconstruct an image file or a folder of images into ``out``: ``images/<stem>_recon.png``
-    and ``<stem>_codes.npy`` beside the report. Returns the summary."""
+    and ``<stem>_codes.npy`` beside the report; for a 3D run volume files, see
+    :func:`reconstruct_volume_files`. Returns the summary."""
+    if run.dims == 3:
+        return reconstruct_volume_files(run, source, out, json_path, min(batch_size, 2))
     opts = run.data_options
     slices = load_folder(source, opts.size, opts.fit, skip_bad)
     check_writable(out)

@@ -129,6 +129,7 @@ def likelihood(h: Held, seed: int) -> dict:
             "class": np.full(n, -1),
             "position": np.full(n, np.nan, np.float32),
             "age": np.full(n, np.nan, np.float32),
+            "sex": np.full(n, -1),
         }
         out["nll_bits_per_image_true_condition"] = out["nll_bits_per_image"]
         out["nll_bits_per_image_wrong_condition"] = float(
@@ -142,7 +143,7 @@ def likelihood(h: Held, seed: int) -> dict:
 
 def _wrong_condition(cfg, codes: CodeSet, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A wrong value of every condition the prior uses: another class, the position
-    half a volume away, a shuffled age."""
+    half a volume away, a shuffled age, the other sex."""
     out: dict[str, np.ndarray] = {}
     if "class" in cfg.condition:
         c = codes.classes.copy()
@@ -154,6 +155,8 @@ def _wrong_condition(cfg, codes: CodeSet, rng: np.random.Generator) -> dict[str,
         out["position"] = ((codes.positions + 0.5) % 1.0).astype(np.float32)
     if "age" in cfg.condition:
         out["age"] = rng.permutation(codes.ages).astype(np.float32)
+    if "sex" in cfg.condition:
+        out["sex"] = np.where(codes.sexes >= 0, 1 - codes.sexes, -1)
     return out
 
 

@@ -46,7 +46,7 @@ class FSQuantizer(nn.Module):
     gradients to ``z``.
     """
 
-    def __init__(self, cfg: QuantizerConfig) -> None:
+    def __init__(self, cfg: QuantizerConfig, dims: int = 2) -> None:
         super().__init__()
         self.cfg = cfg
         levels = torch.tensor(cfg.levels, dtype=torch.long)
@@ -56,8 +56,9 @@ class FSQuantizer(nn.Module):
         self.register_buffer("basis", basis, persistent=False)
         c = len(cfg.levels)
         same = cfg.dim == c
-        self.project_in = nn.Identity() if same else nn.Conv2d(cfg.dim, c, 1)
-        self.project_out = nn.Identity() if same else nn.Conv2d(c, cfg.dim, 1)
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.project_in = nn.Identity() if same else conv(cfg.dim, c, 1)
+        self.project_out = nn.Identity() if same else conv(c, cfg.dim, 1)
 
     @property
     def half_width(self) -> Tensor:
@@ -89,16 +90,16 @@ class FSQuantizer(nn.Module):
         return (idx.float() - self.half_width) / self.half_width
 
     def lookup(self, codes: Tensor) -> Tensor:
-        """``codes (B, H, W)`` -> the decoder's input ``(B, D, H, W)``."""
-        q = self.codes_to_vectors(codes).permute(0, 3, 1, 2)
+        """``codes (B, *grid)`` -> the decoder's input ``(B, D, *grid)``."""
+        q = self.codes_to_vectors(codes).movedim(-1, 1)
         return self.project_out(q.to(self._weight_dtype()))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         zc = self.project_in(z)
         with torch.autocast(z.device.type, enabled=False):
-            q = self.quantize(zc.float().permute(0, 2, 3, 1))  # (B, H, W, C)
+            q = self.quantize(zc.float().movedim(1, -1))  # (B, *grid, C)
             codes = self.vectors_to_codes(q.detach())
-        z_q = self.project_out(q.permute(0, 3, 1, 2).to(zc.dtype))
+        z_q = self.project_out(q.movedim(-1, 1).to(zc.dtype))
         return z_q, codes, z.new_zeros((), dtype=torch.float32)
 
     def _weight_dtype(self) -> torch.dtype:

@@ -9,27 +9,55 @@ sub-pixel head (conv to 4 channels, ``PixelShuffle(2)``) writes it, which saves 
 fifth of a training step on CPU.
 
 Images enter as ``(B, 1, S, S)`` in ``[0, 1]`` and leave as ``(B, 1, S, S)`` logits of
-the same range (unclamped); latents are ``(B, D, S / 2**n_down, S / 2**n_down)``.
+the same range (unclamped); latents are ``(B, D, S / 2**n_down, S / 2**n_down)``. The
+``resnet`` design also takes volumes (``dims=3``): ``(B, 1, X, Y, Z)`` in and out,
+latents ``(B, D, X / 2**n_down, Y / 2**n_down, Z / 2**n_down)``, with the same layers
+in 3D (a voxel-shuffle head in place of ``PixelShuffle``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONVT = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
-def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride, padding=k // 2)
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, dims: int = 2) -> nn.Module:
+    return _CONV[dims](cin, cout, k, stride, padding=k // 2)
 
 
-def _upsample(cin: int, cout: int, mode: str) -> list[nn.Module]:
+class VoxelShuffle(nn.Module):
+    """``PixelShuffle`` in any dims: ``(B, C * r**n, *S) -> (B, C, *(s * r for s in S))``."""
+
+    def __init__(self, r: int, dims: int) -> None:
+        super().__init__()
+        self.r, self.dims = r, dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, *size = x.shape
+        r, n = self.r, self.dims
+        out_c = c // r**n
+        x = x.view(b, out_c, *([r] * n), *size)  # (B, C, r, .., r, S1, .., Sn)
+        # interleave each factor r after its spatial axis: (B, C, S1, r, S2, r, ...)
+        order = [0, 1] + [a for i in range(n) for a in (2 + n + i, 2 + i)]
+        return x.permute(*order).reshape(b, out_c, *(s * r for s in size))
+
+
+def _shuffle(r: int, dims: int) -> nn.Module:
+    # the 2D head keeps nn.PixelShuffle, which checkpoints of 2D runs were written with
+    return nn.PixelShuffle(r) if dims == 2 else VoxelShuffle(r, dims)
+
+
+def _upsample(cin: int, cout: int, mode: str, dims: int = 2) -> list[nn.Module]:
     """x2 upsampling layers: ``"nearest"`` (nearest neighbour, then conv 3x3) or ``"convt"``
     (transposed conv 4x4 stride 2, 2.25x fewer multiply-adds per output pixel). A flat
     list, so that "nearest" keeps the parameter names of checkpoints written before
     the choice existed."""
     if mode == "nearest":
-        return [nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout)]
+        return [nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout, dims=dims)]
     if mode == "convt":
-        return [nn.ConvTranspose2d(cin, cout, 4, 2, padding=1)]
+        return [_CONVT[dims](cin, cout, 4, 2, padding=1)]
     raise ValueError(f"upsample {mode!r}: expected 'nearest' or 'convt'")
 
 
@@ -71,15 +99,15 @@ class SeedDecoder(nn.Sequential):
 class ResBlock(nn.Module):
     """Pre-activation residual block: x + conv3x3(act(norm(conv3x3(act(norm(x))))))."""
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, dims: int = 2) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.GroupNorm(min(8, ch // 4), ch),
             nn.SiLU(),
-            _conv(ch, ch),
+            _conv(ch, ch, dims=dims),
             nn.GroupNorm(min(8, ch // 4), ch),
             nn.SiLU(),
-            _conv(ch, ch),
+            _conv(ch, ch, dims=dims),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,16 +128,17 @@ class ResEncoder(nn.Module):
         blocks: tuple[int, ...],
         mid_blocks: int,
         full_res: bool = True,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_conv(1, widths[0] // 2)] if full_res else []
+        layers: list[nn.Module] = [_conv(1, widths[0] // 2, dims=dims)] if full_res else []
         cin = widths[0] // 2 if full_res else 1
         for w, nb in zip(widths, blocks, strict=True):
-            layers.append(_conv(cin, w, 3, 2))
-            layers += [ResBlock(w) for _ in range(nb)]
+            layers.append(_conv(cin, w, 3, 2, dims))
+            layers += [ResBlock(w, dims) for _ in range(nb)]
             cin = w
-        layers += [ResBlock(cin) for _ in range(mid_blocks)]
-        layers += [nn.GroupNorm(min(8, cin // 4), cin), nn.SiLU(), nn.Conv2d(cin, dim, 1)]
+        layers += [ResBlock(cin, dims) for _ in range(mid_blocks)]
+        layers += [nn.GroupNorm(min(8, cin // 4), cin), nn.SiLU(), _conv(cin, dim, 1, dims=dims)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -121,7 +150,7 @@ class ResDecoder(nn.Module):
     ``blocks[i]`` residual blocks and a x2 upsampling (see ``_upsample``); norm, SiLU and
     a 3x3 conv to one channel. Without ``full_res`` the last level does not upsample:
     its conv writes 4 channels at half resolution, ``PixelShuffle(2)`` puts them side by
-    side, ``(B, 4, S/2, S/2) -> (B, 1, S, S)``."""
+    side, ``(B, 4, S/2, S/2) -> (B, 1, S, S)`` (in 3D, 8 channels and ``VoxelShuffle``)."""
 
     def __init__(
         self,
@@ -131,18 +160,22 @@ class ResDecoder(nn.Module):
         mid_blocks: int,
         upsample: str = "nearest",
         full_res: bool = True,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         cin = widths[-1]
-        layers: list[nn.Module] = [nn.Conv2d(dim, cin, 1)]
-        layers += [ResBlock(cin) for _ in range(mid_blocks)]
+        layers: list[nn.Module] = [_conv(dim, cin, 1, dims=dims)]
+        layers += [ResBlock(cin, dims) for _ in range(mid_blocks)]
         for i, (w, nb) in enumerate(zip(reversed(widths), reversed(blocks), strict=True)):
-            layers += [ResBlock(cin) for _ in range(nb)]
+            layers += [ResBlock(cin, dims) for _ in range(nb)]
             if full_res or i < len(widths) - 1:
                 cout = w // 2
-                layers += _upsample(cin, cout, upsample)
+                layers += _upsample(cin, cout, upsample, dims)
                 cin = cout
-        head = [_conv(cin, 1)] if full_res else [_conv(cin, 4), nn.PixelShuffle(2)]
+        if full_res:
+            head = [_conv(cin, 1, dims=dims)]
+        else:
+            head = [_conv(cin, 2**dims, dims=dims), _shuffle(2, dims)]
         layers += [nn.GroupNorm(min(8, max(1, cin // 4)), cin), nn.SiLU(), *head]
         self.net = nn.Sequential(*layers)
 

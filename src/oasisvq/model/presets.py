@@ -13,6 +13,7 @@ from oasisvq.errors import ConfigError
 from oasisvq.model.quantizer import QuantizerConfig
 
 ARCHS = ("seed", "resnet")
+DIMS = (2, 3)
 # configs saved before these fields existed meant these values
 SAVED_BEFORE_THESE_FIELDS = {"upsample": "nearest", "full_res": True}
 
@@ -22,7 +23,12 @@ class VQVAEConfig:
     name: str
     arch: str  # "seed" (the report's Keras layers) or "resnet"
     description: str = ""
+    dims: int = (
+        2  # 2: square slices of ``image_size``; 3: volumes of ``volume_shape`` (resnet only)
+    )
     image_size: int = 128
+    volume_shape: tuple[int, ...] = ()  # 3D: (X, Y, Z) voxels in RAS order
+    voxel_mm: float = 0.0  # 3D: isotropic voxel size the volumes are resampled to
     widths: tuple[int, ...] = (32, 32, 64, 64)  # channels after each stride-2 level
     blocks: tuple[int, ...] = (0, 0, 0, 0)  # residual blocks per level (resnet only)
     mid_blocks: int = 0  # residual blocks at the latent resolution (resnet only)
@@ -46,14 +52,43 @@ class VQVAEConfig:
         0  # optimizer steps the discriminator trains alone before the term joins
     )
     discriminator_width: int = 16  # channels of its first level (x2 per level)
+    augment: bool = False  # training volumes changed at random (data/augment.py; 3D only)
+
+    def __post_init__(self) -> None:
+        self.volume_shape = tuple(int(v) for v in self.volume_shape)
+        if self.dims not in DIMS:
+            raise ConfigError(f"model dims {self.dims}: expected 2 or 3")
+        if self.dims == 3:
+            if self.arch != "resnet":
+                raise ConfigError(f"arch {self.arch!r} is 2D only; 3D models are 'resnet'")
+            step = 2 ** len(self.widths)
+            if len(self.volume_shape) != 3 or any(v % step for v in self.volume_shape):
+                raise ConfigError(
+                    f"volume shape {self.volume_shape}: expected three sizes, each a multiple "
+                    f"of {step} (the encoder halves it {len(self.widths)} times)"
+                )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Spatial shape of one input: ``(S, S)`` or ``(X, Y, Z)``."""
+        return self.volume_shape if self.dims == 3 else (self.image_size, self.image_size)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Spatial shape of one code grid: ``(h, w)`` or ``(gx, gy, gz)``."""
+        return tuple(s // 2 ** len(self.widths) for s in self.input_shape)
 
     @property
     def grid(self) -> int:
+        """Side of a 2D model's square code grid (see ``grid_shape`` for any dims)."""
+        if self.dims != 2:
+            raise ConfigError(f"preset {self.name!r} is 3D: its grid is grid_shape")
         return self.image_size // 2 ** len(self.widths)
 
     @property
     def bits_per_image(self) -> float:
-        return self.grid**2 * math.log2(self.quantizer.codebook_size)
+        """Bits of one code grid: per slice in 2D, per volume in 3D."""
+        return math.prod(self.grid_shape) * math.log2(self.quantizer.codebook_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +104,7 @@ class VQVAEConfig:
         d["quantizer"] = QuantizerConfig(
             **{k: v for k, v in d["quantizer"].items() if k in q_known}
         )
-        for key in ("widths", "blocks", "decoder_blocks"):
+        for key in ("widths", "blocks", "decoder_blocks", "volume_shape"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -139,6 +174,49 @@ def fsq_variant(cfg: VQVAEConfig, levels: tuple[int, ...]) -> VQVAEConfig:
     )
 
 
+# whole volumes at 2 mm, cropped around the brain (RAS order: x left-right, y back-front,
+# z bottom-top); the shape holds every brain of the IXI and OASIS-1 data with a margin
+VOLUME_SHAPE = (96, 112, 96)
+
+COMPACT3D = VQVAEConfig(
+    name="compact3d",
+    arch="resnet",
+    description=(
+        "Whole brains for generation: 96x112x96 voxels at 2 mm -> 12x14x12 grid, 256 codes "
+        "(2016 cells, 2016 bytes per volume): a grid a 3D prior can model on a CPU."
+    ),
+    dims=3,
+    volume_shape=VOLUME_SHAPE,
+    voxel_mm=2.0,
+    widths=(16, 32, 64),
+    blocks=(0, 1, 1),
+    mid_blocks=0,
+    decoder_blocks=(1, 1, 2),
+    decoder_mid_blocks=1,
+    upsample="convt",
+    full_res=False,
+    quantizer=QuantizerConfig(codebook_size=256, dim=32),
+    ssim_weight=0.9,
+    lr=2e-3,
+    adam_beta2=0.99,
+    batch_size=4,
+    default_epochs=40,
+    augment=True,
+)
+
+HIFI3D = replace(
+    COMPACT3D,
+    name="hifi3d",
+    description=(
+        "Whole brains for fidelity: 96x112x96 voxels at 2 mm -> 24x28x24 grid, 512 codes "
+        "(16128 cells, 18144 bytes per volume)."
+    ),
+    widths=(24, 48),
+    blocks=(0, 1),
+    decoder_blocks=(1, 2),
+    quantizer=QuantizerConfig(codebook_size=512, dim=32),
+)
+
 PRESETS: dict[str, VQVAEConfig] = {
     cfg.name: cfg
     for cfg in [
@@ -171,6 +249,8 @@ PRESETS: dict[str, VQVAEConfig] = {
         # (8, 8, 8): the paper's pattern for 2^9 codes (its table: (8, 6, 5) for 2^8,
         # (8, 5, 5, 5) for 2^10), exactly 512 codes
         fsq_variant(HIFI, (8, 8, 8)),
+        COMPACT3D,
+        HIFI3D,
     ]
 }
 

@@ -153,8 +153,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialised", torch.tensor(not cfg.kmeans_init))
 
     def lookup(self, codes: Tensor) -> Tensor:
-        """``codes (B, H, W)`` -> ``(B, D, H, W)`` code vectors."""
-        return F.embedding(codes, self._on_sphere(self.embed)).permute(0, 3, 1, 2)
+        """``codes (B, *grid)`` -> ``(B, D, *grid)`` code vectors (2D or 3D grids)."""
+        return F.embedding(codes, self._on_sphere(self.embed)).movedim(-1, 1)
 
     def nearest(self, flat: Tensor) -> Tensor:
         """``flat (n, D)`` fp32 -> code index ``(n,)``, squared-Euclidean, fp32."""
@@ -163,22 +163,24 @@ class VectorQuantizer(nn.Module):
         return dist2.argmin(1)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, d, h, w = z.shape
+        """``z (B, D, *grid)`` -> ``z_q`` (same shape), ``codes (B, *grid)``, loss."""
+        b, d, *grid = z.shape
+        cells = math.prod(grid)
         with torch.autocast(z.device.type, enabled=False):
-            flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)  # (B*H*W, D)
+            flat = z.float().movedim(1, -1).reshape(-1, d)  # (B * cells, D)
             flat = self._on_sphere(flat)
             if self.training and not bool(self.initialised):
-                self._kmeans_init(flat.detach(), h * w)
+                self._kmeans_init(flat.detach(), cells)
             codes = self.nearest(flat.detach())
             if self.training and self.cfg.update == "ema":
-                self._ema_update(flat.detach(), codes, h * w)
+                self._ema_update(flat.detach(), codes, cells)
             q = F.embedding(codes, self._on_sphere(self.embed.float()))
             loss = self.cfg.beta * F.mse_loss(flat, q.detach())
             if self.cfg.update == "loss":
                 loss = loss + F.mse_loss(q, flat.detach())
             q = flat + (q - flat).detach()  # straight-through
-        z_q = q.view(b, h, w, d).permute(0, 3, 1, 2).to(z.dtype)
-        return z_q, codes.view(b, h, w), loss
+        z_q = q.view(b, *grid, d).movedim(-1, 1).to(z.dtype)
+        return z_q, codes.view(b, *grid), loss
 
     def _on_sphere(self, rows: Tensor) -> Tensor:
         """Rows ``(n, D)`` (latents or codes) projected to unit length when ``normalize``,

@@ -14,18 +14,20 @@ from oasisvq.model.quantizer import QuantizerConfig, VectorQuantizer
 
 
 class VQOutput(NamedTuple):
-    recon: Tensor  # (B, 1, S, S), ~[0, 1]
-    codes: Tensor  # (B, h, w) int64
+    recon: Tensor  # (B, 1, S, S) or (B, 1, X, Y, Z), ~[0, 1]
+    codes: Tensor  # (B, h, w) or (B, gx, gy, gz) int64
     vq_loss: Tensor  # scalar
 
 
-def build_quantizer(cfg: QuantizerConfig) -> VectorQuantizer | FSQuantizer:
-    """The quantizer of ``cfg.kind``: "vq" (learnt codebook) or "fsq" (fixed levels)."""
-    return FSQuantizer(cfg) if cfg.kind == "fsq" else VectorQuantizer(cfg)
+def build_quantizer(cfg: QuantizerConfig, dims: int = 2) -> VectorQuantizer | FSQuantizer:
+    """The quantizer of ``cfg.kind``: "vq" (learnt codebook) or "fsq" (fixed levels), for
+    latents with ``dims`` spatial axes."""
+    return FSQuantizer(cfg, dims) if cfg.kind == "fsq" else VectorQuantizer(cfg)
 
 
 class VQVAE(nn.Module):
-    """``forward(x (B, 1, S, S) in [0, 1]) -> VQOutput``."""
+    """``forward(x (B, 1, S, S) in [0, 1]) -> VQOutput``; with ``cfg.dims == 3`` volumes
+    ``(B, 1, X, Y, Z)`` and code grids ``(B, gx, gy, gz)`` in place of images and grids."""
 
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
@@ -35,7 +37,9 @@ class VQVAE(nn.Module):
             self.encoder: nn.Module = SeedEncoder(dim, cfg.widths)
             self.decoder: nn.Module = SeedDecoder(dim, tuple(reversed(cfg.widths)))
         elif cfg.arch == "resnet":
-            self.encoder = ResEncoder(dim, cfg.widths, cfg.blocks, cfg.mid_blocks, cfg.full_res)
+            self.encoder = ResEncoder(
+                dim, cfg.widths, cfg.blocks, cfg.mid_blocks, cfg.full_res, cfg.dims
+            )
             self.decoder = ResDecoder(
                 dim,
                 cfg.widths,
@@ -43,10 +47,11 @@ class VQVAE(nn.Module):
                 cfg.mid_blocks if cfg.decoder_mid_blocks is None else cfg.decoder_mid_blocks,
                 cfg.upsample,
                 cfg.full_res,
+                cfg.dims,
             )
         else:
             raise ValueError(f"unknown arch {cfg.arch!r}")
-        self.quantizer = build_quantizer(cfg.quantizer)
+        self.quantizer = build_quantizer(cfg.quantizer, cfg.dims)
         if cfg.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(cfg.discriminator_width)
         self.codes_frozen = False

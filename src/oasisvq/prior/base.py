@@ -4,7 +4,8 @@ Conditions travel as a dict of per-example tensors (any key may be missing)::
 
     cond = {"class": (B,) int64,       # class index into cfg.class_names, -1 = unknown
             "position": (B,) float32,  # normalised slice position in [0, 1], NaN = unknown
-            "age": (B,) float32}       # age in years, NaN = unknown
+            "age": (B,) float32,       # age in years, NaN = unknown
+            "sex": (B,) int64}         # 0 = female, 1 = male (config.SEXES), -1 = unknown
 
 A conditional prior is trained with each condition independently replaced by
 "unknown" for ``cfg.cond_dropout`` of the examples, so it can also be sampled
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oasisvq.errors import ConfigError
-from oasisvq.prior.config import PriorConfig
+from oasisvq.prior.config import SEXES, PriorConfig
 
 Cond = dict[str, Tensor]
 N_FREQ = 4  # Fourier features of a scalar condition: u, sin(2 pi k u), cos(2 pi k u), k = 1..N_FREQ
@@ -34,10 +35,12 @@ def make_cond(
     position: float | None = None,
     age: float | None = None,
     device: torch.device | str = "cpu",
+    sex: int | None = None,
 ) -> Cond:
     """The same condition for ``n`` examples; None means unknown."""
     cls = -1 if class_index is None else int(class_index)
     return {
+        "sex": torch.full((n,), -1 if sex is None else int(sex), dtype=torch.long, device=device),
         "class": torch.full((n,), cls, dtype=torch.long, device=device),
         "position": torch.full(
             (n,), math.nan if position is None else float(position), device=device
@@ -107,7 +110,7 @@ def _fourier(u: Tensor) -> Tensor:
 class ConditionEmbedding(nn.Module):
     """``cond -> (B, dim)``: a learned start vector plus one term per condition.
 
-    class: an embedding with one extra row for "unknown"; position and age: a linear
+    class and sex: an embedding with one extra row for "unknown"; position and age: a linear
     map of Fourier features (age standardised with the training statistics), or a
     learned "unknown" vector when the value is NaN.
     """
@@ -119,6 +122,8 @@ class ConditionEmbedding(nn.Module):
         if "class" in cfg.condition:
             self.n_classes = max(1, len(cfg.class_names))
             self.cls = nn.Embedding(self.n_classes + 1, dim)
+        if "sex" in cfg.condition:
+            self.sex = nn.Embedding(len(SEXES) + 1, dim)
         for key in ("position", "age"):
             if key in cfg.condition:
                 setattr(self, key, nn.Linear(1 + 2 * N_FREQ, dim))
@@ -149,6 +154,10 @@ class ConditionEmbedding(nn.Module):
             c = cond.get("class", torch.full((batch,), -1, dtype=torch.long, device=device)).long()
             known = self._drop((c >= 0) & (c < self.n_classes))
             out = out + self.cls(torch.where(known, c, torch.full_like(c, self.n_classes)))
+        if "sex" in self.cfg.condition:
+            c = cond.get("sex", torch.full((batch,), -1, dtype=torch.long, device=device)).long()
+            known = self._drop((c >= 0) & (c < len(SEXES)))
+            out = out + self.sex(torch.where(known, c, torch.full_like(c, len(SEXES))))
         for key in ("position", "age"):
             if key in self.cfg.condition:
                 v = cond.get(key, torch.full((batch,), math.nan, device=device))

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from oasisvq.errors import ConfigError
 
-CONDITIONS = ("class", "position", "age")
+CONDITIONS = ("class", "position", "age", "sex")
+SEXES = ("F", "M")  # the "sex" condition's values 0 and 1
 
 
 @dataclass
@@ -44,7 +45,7 @@ class PriorConfig:
     dropout: float = 0.1  # on embeddings and residual branches; none on attention weights
     # --- data: also train on the codes of the left-right mirrored training images
     mirror: bool = False
-    # --- conditioning: any of "class", "position", "age"; () is unconditional
+    # --- conditioning: any of "class", "position", "age", "sex"; () is unconditional
     condition: tuple[str, ...] = ()
     cond_dropout: float = (
         0.1  # training: share of examples whose condition is replaced by "unknown"
@@ -56,7 +57,7 @@ class PriorConfig:
     weight_decay: float = 0.01
     # --- fixed by the data and the VQ-VAE when training starts
     codebook_size: int = 0
-    grid: tuple[int, ...] = (0, 0)  # (h, w); the masked prior also takes (d, h, w)
+    grid: tuple[int, ...] = (0, 0)  # (h, w), or (gx, gy, gz) for a grid of a volume
     class_names: tuple[str, ...] = ()
     age_mean: float = 0.0
     age_std: float = 1.0
@@ -165,4 +166,4 @@ def parse_condition(value: object) -> tuple[str, ...]:
     return out
 
 
-__all__ = ["CONDITIONS", "PRIORS", "PriorConfig", "get_prior_config", "parse_condition"]
+__all__ = ["SEXES", "CONDITIONS", "PRIORS", "PriorConfig", "get_prior_config", "parse_condition"]

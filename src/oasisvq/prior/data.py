@@ -17,14 +17,16 @@ from oasisvq.prior.base import Cond
 class CodeSet:
     """Code grids with their conditions.
 
-    codes: ``(N, h, w)`` int64; classes ``(N,)`` int64 (-1 unknown); positions and
-    ages ``(N,)`` float32 (NaN unknown).
+    codes: ``(N, *grid)`` int64 (``(N, h, w)`` of slices, ``(N, gx, gy, gz)`` of
+    volumes); classes ``(N,)`` int64 (-1 unknown); positions and ages ``(N,)`` float32
+    (NaN unknown); sexes ``(N,)`` int64 (0 female, 1 male, -1 unknown).
     """
 
     codes: np.ndarray
     classes: np.ndarray
     positions: np.ndarray
     ages: np.ndarray
+    sexes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.codes = np.asarray(self.codes, np.int64)
@@ -41,6 +43,9 @@ class CodeSet:
             np.full(n, np.nan, np.float32)
             if self.ages is None
             else np.asarray(self.ages, np.float32)
+        )
+        self.sexes = (
+            np.full(n, -1, np.int64) if self.sexes is None else np.asarray(self.sexes, np.int64)
         )
 
     @classmethod
@@ -63,11 +68,13 @@ class CodeSet:
             "class": torch.from_numpy(self.classes[index]).to(device),
             "position": torch.from_numpy(self.positions[index]).to(device),
             "age": torch.from_numpy(self.ages[index]).to(device),
+            "sex": torch.from_numpy(self.sexes[index]).to(device),
         }
 
 
 class CodeDataset(Dataset):
-    """Item i: ``{"codes": (h, w) int64, "class": int64, "position": float32, "age": float32}``."""
+    """Item i: ``{"codes": (*grid) int64, "class": int64, "position": float32, "age":
+    float32, "sex": int64}``."""
 
     def __init__(self, codes: CodeSet) -> None:
         self.data = codes
@@ -82,6 +89,7 @@ class CodeDataset(Dataset):
             "class": torch.tensor(d.classes[i]),
             "position": torch.tensor(d.positions[i]),
             "age": torch.tensor(d.ages[i]),
+            "sex": torch.tensor(d.sexes[i]),
         }
 
 
@@ -89,7 +97,8 @@ class CodeDataset(Dataset):
 def encode_images(
     vqvae: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 128
 ) -> np.ndarray:
-    """``images (N, S, S) uint8`` -> codes ``(N, h, w)`` int64, in fp32."""
+    """``images (N, S, S)`` or volumes ``(N, X, Y, Z)`` uint8 -> codes ``(N, *grid)``
+    int64, in fp32."""
     was = vqvae.training
     vqvae.eval()
     out = []
@@ -101,6 +110,4 @@ def encode_images(
             )
             out.append(vqvae.encode(x).cpu())
     vqvae.train(was)
-    return (
-        torch.cat(out).numpy() if out else np.zeros((0, vqvae.cfg.grid, vqvae.cfg.grid), np.int64)
-    )
+    return torch.cat(out).numpy() if out else np.zeros((0, *vqvae.cfg.grid_shape), np.int64)

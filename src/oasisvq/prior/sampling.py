@@ -16,9 +16,10 @@ from torch import Tensor
 from oasisvq.errors import ConfigError
 from oasisvq.prior.base import DEFAULT_OPTIONS, Cond, Prior, SamplingOptions, check_guidance
 from oasisvq.prior.base import make_cond as make_cond
-from oasisvq.prior.config import PriorConfig
+from oasisvq.prior.config import CONDITIONS, SEXES, PriorConfig
 
-Conditions = dict[str, object]  # {"class": name or index, "position": [0, 1], "age": years}
+# {"class": name or index, "position": [0, 1], "age": years, "sex": "F"/"M" or 0/1}
+Conditions = dict[str, object]
 
 
 def default_batch_size(cfg: PriorConfig) -> int:
@@ -32,18 +33,21 @@ def resolve_conditions(
 ) -> dict[str, float | int | None]:
     """Check requested conditions against what the prior was trained on.
 
-    ``wanted["class"]``: a class name of the training data (or its index). Returns
-    ``{"class": index or None, "position": ..., "age": ...}``; None means unknown (the
-    marginal over that condition)."""
+    ``wanted["class"]``: a class name of the training data (or its index); ``"sex"``:
+    F or M (any case) or 0/1. Returns ``{"class": index or None, "position": ...,
+    "age": ..., "sex": 0, 1 or None}``; None means unknown (the marginal over that
+    condition)."""
     wanted = {k: v for k, v in (wanted or {}).items() if v is not None}
-    if unknown := sorted(set(wanted) - {"class", "position", "age"}):
-        raise ConfigError(f"unknown condition(s) {', '.join(unknown)}; known: class, position, age")
+    if unknown := sorted(set(wanted) - set(CONDITIONS)):
+        raise ConfigError(
+            f"unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}"
+        )
     for key in wanted:
         if key not in cfg.condition:
             raise ConfigError(
                 f"prior {cfg.name!r} is not conditioned on {key} (train one with --condition {key})"
             )
-    out: dict[str, float | int | None] = {"class": None, "position": None, "age": None}
+    out: dict[str, float | int | None] = dict.fromkeys(CONDITIONS)
     if "class" in wanted:
         out["class"] = _class_index(cfg, wanted["class"])
     if "position" in wanted:
@@ -56,7 +60,18 @@ def resolve_conditions(
         if not (math.isfinite(age) and 0 <= age <= 150):
             raise ConfigError(f"--age {age}: expected years in [0, 150]")
         out["age"] = age
+    if "sex" in wanted:
+        out["sex"] = _sex_index(wanted["sex"])
     return out
+
+
+def _sex_index(value: object) -> int:
+    text = str(value).strip().upper()
+    if text in SEXES:
+        return SEXES.index(text)
+    if text in ("0", "1"):
+        return int(text)
+    raise ConfigError(f"--sex {value}: expected F or M")
 
 
 def _class_index(cfg: PriorConfig, value: object) -> int:
@@ -73,7 +88,9 @@ def _class_index(cfg: PriorConfig, value: object) -> int:
 def condition_batch(cfg: PriorConfig, wanted: Conditions | None, n: int) -> Cond | None:
     """The per-example conditions of ``n`` draws (None for an unconditional prior)."""
     c = resolve_conditions(cfg, wanted)
-    return make_cond(n, c["class"], c["position"], c["age"]) if cfg.condition else None
+    if not cfg.condition:
+        return None
+    return make_cond(n, c["class"], c["position"], c["age"], sex=c["sex"])
 
 
 @torch.no_grad()

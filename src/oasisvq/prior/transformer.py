@@ -1,13 +1,13 @@
 """A small GPT-style decoder over the raster-flattened code grid.
 
 Slot ``t`` of the input holds the code of cell ``t - 1`` (slot 0 holds the start
-token, built from the condition) plus the 2D position embedding of cell ``t``
-(row embedding + column embedding), and the output at slot ``t`` predicts the code
-of cell ``t``. Causal self-attention sees every earlier cell, so unlike the
+token, built from the condition) plus the position embedding of cell ``t`` (one
+embedding per grid axis, summed: row + column on 2D grids, + depth on 3D grids of
+volumes), and the output at slot ``t`` predicts the code of cell ``t``. Causal self-attention sees every earlier cell, so unlike the
 PixelCNN there is no blind spot.
 
-    codes (B, h, w) -> (B, T = h*w) -> [start, emb(c_0), ..., emb(c_{T-2})] + pos
-    -> n_layers x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> linear -> (B, h, w, K)
+    codes (B, *grid) -> (B, T = prod(grid)) -> [start, emb(c_0), ..., emb(c_{T-2})] + pos
+    -> n_layers x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> linear -> (B, *grid, K)
 
 Attention is grouped-query attention with ``n_kv_heads`` key/value heads (1 = multi-query):
 the KV cache that sampling keeps is ``n_heads / n_kv_heads`` times smaller than in
@@ -134,10 +134,12 @@ class TransformerPrior(Prior):
     def __init__(self, cfg: PriorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        d, (h, w) = cfg.d_model, cfg.grid
+        d, grid = cfg.d_model, cfg.grid
         self.tok = nn.Embedding(cfg.codebook_size, d)
-        self.row = nn.Embedding(h, d)
-        self.col = nn.Embedding(w, d)
+        self.row = nn.Embedding(grid[0], d)
+        self.col = nn.Embedding(grid[1], d)
+        if len(grid) == 3:
+            self.depth = nn.Embedding(grid[2], d)
         self.cond = ConditionEmbedding(cfg, d)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -146,9 +148,11 @@ class TransformerPrior(Prior):
         gpt_init(self, cfg.n_layers)
 
     def positions(self) -> Tensor:
-        """2D position embedding of every cell in raster order, ``(T, d)``."""
-        h, w = self.cfg.grid
-        return (self.row.weight[:, None, :] + self.col.weight[None, :, :]).reshape(h * w, -1)
+        """Position embedding of every cell in raster order (last axis fastest), ``(T, d)``."""
+        pos = self.row.weight[:, None, :] + self.col.weight[None, :, :]  # (h, w, d)
+        if len(self.cfg.grid) == 3:
+            pos = pos[:, :, None, :] + self.depth.weight[None, None, :, :]  # (gx, gy, gz, d)
+        return pos.reshape(self.cfg.cells, -1)
 
     def _logits(self, x: Tensor) -> Tensor:
         for block in self.blocks:
@@ -156,16 +160,15 @@ class TransformerPrior(Prior):
         return self.head(self.ln_f(x))
 
     def forward_embedded(self, emb: Tensor, cond: Cond | None = None) -> Tensor:
-        """``emb (B, T, d)``: the embeddings of cells ``0..T-1`` -> logits ``(B, h, w, K)``.
+        """``emb (B, T, d)``: the embeddings of cells ``0..T-1`` -> logits ``(B, *grid, K)``.
         The embedding of the last cell is not used (nothing comes after it)."""
         b = emb.shape[0]
         start = self.cond(cond, b)[:, None].to(emb.dtype)
         x = self.drop(torch.cat([start, emb[:, :-1]], 1) + self.positions())
-        h, w = self.cfg.grid
-        return self._logits(x).view(b, h, w, -1)
+        return self._logits(x).view(b, *self.cfg.grid, -1)
 
     def forward(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
-        """``codes (B, h, w)`` int64 -> logits ``(B, h, w, K)``."""
+        """``codes (B, *grid)`` int64 -> logits ``(B, *grid, K)``."""
         return self.forward_embedded(self.tok(codes.flatten(1)), cond)
 
     def forward_onehot(self, x: Tensor, cond: Cond | None = None) -> Tensor:

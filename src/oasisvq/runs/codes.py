@@ -1,7 +1,7 @@
 """Code grids of a split, encoded once by the run's VQ-VAE and cached.
 
-``RUN/priors/codes_<split>.npz`` holds the codes ``(N, h, w)`` and the per-slice
-conditions (class, position, age) of one split, with a fingerprint of the VQ-VAE
+``RUN/priors/codes_<split>.npz`` holds the codes ``(N, *grid)`` and the per-slice (or
+per-volume) conditions (class, position, age, sex) of one split, with a fingerprint of the VQ-VAE
 checkpoint and of the images; a cache whose fingerprint no longer matches (the VQ-VAE
 was trained further, the data changed) is recomputed. Every prior of the run shares it.
 Files are read with ``allow_pickle=False`` (numpy's default).
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from oasisvq.data.slices import SliceSet
+from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.io import atomic_write
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.data import CodeSet, encode_images
@@ -48,35 +49,49 @@ def _images_hash(images: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
+def _conditions(data: SliceSet | VolumeSet) -> dict[str, np.ndarray]:
+    """The per-item conditions a split carries (volumes: no class, no slice position)."""
+    n = len(data)
+    if isinstance(data, VolumeSet):
+        return {
+            "classes": np.full(n, -1, np.int64),
+            "positions": np.full(n, np.nan, np.float32),
+            "ages": np.array(data.ages, np.float32),  # a copy: the cache is read-only
+            "sexes": np.array(data.sexes, np.int64),
+        }
+    return {
+        "classes": data.classes,
+        "positions": data.positions,
+        "ages": data.ages,
+        "sexes": np.full(n, -1, np.int64),
+    }
+
+
 def cached_codes(
     run_dir: Path,
     split: str,
-    slices: SliceSet,
+    data: SliceSet | VolumeSet,
     vqvae: VQVAE,
     device: torch.device,
     batch_size: int = 128,
 ) -> CodeSet:
-    """The codes of ``slices`` (split ``split``) under the run's VQ-VAE, from
-    ``RUN/priors/codes_<split>.npz`` when its fingerprint matches, else encoded and saved."""
+    """The codes of ``data`` (slices or volumes of split ``split``) under the run's
+    VQ-VAE, from ``RUN/priors/codes_<split>.npz`` when its fingerprint matches, else
+    encoded and saved."""
     path = Path(run_dir) / "priors" / f"codes_{split}.npz"
+    images = data.volumes if isinstance(data, VolumeSet) else data.images
     key = json.dumps(
-        {
-            "vqvae": codes_fingerprint(run_dir),
-            "images": _images_hash(slices.images),
-            "n": len(slices),
-        }
+        {"vqvae": codes_fingerprint(run_dir), "images": _images_hash(images), "n": len(data)}
     )
     if path.exists():
         with np.load(path) as z:
             if str(z["fingerprint"]) == key:
-                return CodeSet(z["codes"], z["classes"], z["positions"], z["ages"])
-    codes = encode_images(vqvae, slices.images, device, batch_size)
-    arrays = {
-        "codes": codes.astype(np.int16),
-        "classes": slices.classes,
-        "positions": slices.positions,
-        "ages": slices.ages,
-        "fingerprint": np.array(key),
-    }
+                sexes = z["sexes"] if "sexes" in z.files else None  # caches of 2D runs before sex
+                return CodeSet(z["codes"], z["classes"], z["positions"], z["ages"], sexes)
+    if isinstance(data, VolumeSet):
+        batch_size = min(batch_size, 4)  # a volume is ~1M voxels
+    codes = encode_images(vqvae, images, device, batch_size)
+    conditions = _conditions(data)
+    arrays = {"codes": codes.astype(np.int16), **conditions, "fingerprint": np.array(key)}
     atomic_write(path, lambda tmp: np.savez(tmp.open("wb"), **arrays))
-    return CodeSet(codes, slices.classes, slices.positions, slices.ages)
+    return CodeSet(codes, **conditions)

@@ -25,6 +25,7 @@ from torch import Tensor
 from oasisvq.data.loader import get_split, load_splits
 from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet, Splits
+from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.device import amp_dtype, pick_device
 from oasisvq.errors import ConfigError, RunError
 from oasisvq.model.presets import VQVAEConfig
@@ -56,17 +57,20 @@ def prior_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / "priors" / name
 
 
-def _as_batch(images: ArrayLike, device: torch.device) -> Tensor:
+def _as_batch(images: ArrayLike, device: torch.device, dims: int = 2) -> Tensor:
+    """One image (volume), a batch of them, or a batch with a channel axis -> ``(N, 1, *S)``
+    float in [0, 1] (uint8 is scaled) on ``device``."""
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     x = x.float()
-    if x.ndim == 2:
+    if x.ndim == dims:
         x = x[None]
-    if x.ndim == 3:
+    if x.ndim == dims + 1:
         x = x[:, None]
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ConfigError(f"images of shape {tuple(x.shape)}: expected (N, S, S) or (N, 1, S, S)")
+    if x.ndim != dims + 2 or x.shape[1] != 1:
+        want = "(N, S, S) or (N, 1, S, S)" if dims == 2 else "(N, X, Y, Z) or (N, 1, X, Y, Z)"
+        raise ConfigError(f"images of shape {tuple(x.shape)}: expected {want}")
     return x.to(device)
 
 
@@ -98,7 +102,13 @@ class Run:
 
     @property
     def grid(self) -> int:
+        """Side of a 2D run's square code grid (``config.grid_shape`` for any run)."""
         return self.config.grid
+
+    @property
+    def dims(self) -> int:
+        """2: a run of slices; 3: a run of whole volumes."""
+        return self.config.dims
 
     @property
     def data_root(self) -> str | None:
@@ -120,7 +130,7 @@ class Run:
             opts = DataOptions.from_dict({**opts.to_dict(), "skip_bad": True})
         return load_splits(data_root if data_root is not None else self.data_root, opts)
 
-    def split(self, name: str, data_root: str | None = None) -> SliceSet:
+    def split(self, name: str, data_root: str | None = None) -> SliceSet | VolumeSet:
         root = data_root if data_root is not None else self.data_root
         return get_split(self.splits(data_root), name, root or "built-in data")
 
@@ -140,12 +150,14 @@ class Run:
 
     @torch.no_grad()
     def encode(self, images: ArrayLike) -> Tensor:
-        """Images ``(N, S, S)`` in [0, 1] -> codes ``(N, h, w)`` int64."""
-        return self.vqvae.encode(_as_batch(images, self.device))
+        """Images ``(N, S, S)`` (volumes ``(N, X, Y, Z)``) in [0, 1] -> codes ``(N, *grid)``
+        int64."""
+        return self.vqvae.encode(_as_batch(images, self.device, self.dims))
 
     @torch.no_grad()
     def decode(self, codes: ArrayLike, precision: str = "fp32", batch_size: int = 128) -> Tensor:
-        """Codes ``(N, h, w)`` -> images ``(N, S, S)`` float32 in [0, 1] on the CPU.
+        """Codes ``(N, *grid)`` -> images ``(N, S, S)`` (volumes ``(N, X, Y, Z)``) float32
+        in [0, 1] on the CPU.
 
         precision: "fp32", "bf16" or "auto" (bf16 where native: twice as fast on such
         CPUs, pixel values within about 2/255 of fp32)."""
@@ -159,8 +171,7 @@ class Run:
             for s in range(0, len(codes), batch_size):
                 batch = codes[s : s + batch_size].to(self.device)
                 out.append(self.vqvae.decode(batch)[:, 0].float().cpu())
-        size = self.config.image_size
-        return torch.cat(out) if out else torch.zeros(0, size, size)
+        return torch.cat(out) if out else torch.zeros(0, *self.config.input_shape)
 
     def _autocast(self, precision: str):
         if precision == "auto":
@@ -175,9 +186,10 @@ class Run:
         """Images ``(N, S, S)`` -> reconstructions through the quantizer, ``(N, S, S)``."""
         return self.decode(self.encode(images))
 
-    def codes(self, split: str, slices: SliceSet) -> CodeSet:
-        """The code grids of ``slices`` (split ``split``), cached in ``RUN/priors/``."""
-        return cached_codes(self.path, split, slices, self.vqvae, self.device)
+    def codes(self, split: str, data: SliceSet | VolumeSet) -> CodeSet:
+        """The code grids of ``data``'s slices or volumes (split ``split``), cached in
+        ``RUN/priors/``."""
+        return cached_codes(self.path, split, data, self.vqvae, self.device)
 
     # ------------------------------------------------------------------ priors
 
@@ -239,8 +251,9 @@ class Run:
     ) -> tuple[Tensor, Tensor]:
         """``n`` new images from prior ``prior``, decoded by the run's VQ-VAE.
 
-        Returns ``images (n, S, S)`` float32 in [0, 1] and ``codes (n, h, w)`` int64 (CPU).
-        ``conditions`` (``{"class": ..., "position": ..., "age": ...}``) condition a prior
+        Returns ``images (n, S, S)`` (volumes ``(n, X, Y, Z)``) float32 in [0, 1] and
+        ``codes (n, *grid)`` int64 (CPU). ``conditions`` (``{"class": ..., "position": ...,
+        "age": ..., "sex": ...}``) condition a prior
         trained with them (unset: the marginal). Codes are drawn in fp32; the decoder
         runs at ``options.precision``."""
         p = self.prior(prior)

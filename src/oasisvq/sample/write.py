@@ -1,5 +1,7 @@
 """Write samples: ``OUT/images/sample_*.png``, ``OUT/codes.npy``, ``OUT/samples.png`` and
-``OUT/sample.json`` (the settings used, as drawn)."""
+``OUT/sample.json`` (the settings used, as drawn). Volumes of a 3D run go to
+``OUT/volumes/sample_*.nii.gz`` (NIfTI on the preset's voxel grid, RAS, centred on the
+origin) with ``sample_*.png`` beside each (three orthogonal views)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from oasisvq.data.nifti import write_nifti
 from oasisvq.data.torch_dataset import to_uint8
+from oasisvq.data.volumes3d import grid_affine
 from oasisvq.errors import ConfigError
-from oasisvq.figures import samples_figure
+from oasisvq.figures import samples_figure, volume_views
 from oasisvq.io import atomic_write, fresh_output_dir, write_json
 from oasisvq.prior.base import DEFAULT_OPTIONS, SamplingOptions, check_guidance
 from oasisvq.prior.sampling import Conditions, resolve_conditions
@@ -47,7 +51,40 @@ def sample_to_folder(
         **options.to_dict(),
         **_condition_keys(conditions or {}),
     }
+    if run.dims == 3:
+        return write_volumes(out, images, codes, info, run.config.voxel_mm)
     return write_samples(out, images, codes, info, run.config.quantizer.codebook_size)
+
+
+def write_volumes(out: Path, volumes: Tensor, codes: Tensor, info: dict, voxel_mm: float) -> dict:
+    """Write ``volumes (n, X, Y, Z)`` in [0, 1] as NIfTI (affine: ``grid_affine``) with
+    an orthogonal-view PNG each, and their code grids ``(n, gx, gy, gz)``, with ``info``
+    into ``out``; returns ``info`` with the paths added."""
+    folder = out / "volumes"
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = grid_affine(tuple(volumes.shape[1:]), voxel_mm)
+    width = max(4, len(str(len(volumes) - 1)))
+    for i, volume in enumerate(volumes.numpy()):
+        stem = folder / f"sample_{i:0{width}d}"
+        write_nifti(stem.with_suffix(".nii.gz"), volume, affine, code="aligned")
+        volume_views(volume, stem.with_suffix(".png"), title=stem.name)
+    _write_codes(out, codes)
+    info = {
+        **info,
+        "volumes": str(folder),
+        "codes": str(out / "codes.npy"),
+        "voxel_mm": voxel_mm,
+        "affine": affine.tolist(),
+    }
+    write_json(out / MARKER, info)
+    return info
+
+
+def _write_codes(out: Path, codes: Tensor) -> None:
+    dtype = np.int16 if codes.numel() == 0 or codes.max() < 2**15 else np.int64
+    atomic_write(
+        out / "codes.npy", lambda tmp: np.save(tmp.open("wb"), codes.numpy().astype(dtype))
+    )
 
 
 def write_samples(out: Path, images: Tensor, codes: Tensor, info: dict, n_codes: int) -> dict:
@@ -59,10 +96,7 @@ def write_samples(out: Path, images: Tensor, codes: Tensor, info: dict, n_codes:
     for i, img in enumerate(pixels):
         path = out / "images" / f"sample_{i:0{width}d}.png"
         atomic_write(path, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
-    dtype = np.int16 if codes.numel() == 0 or codes.max() < 2**15 else np.int64
-    atomic_write(
-        out / "codes.npy", lambda tmp: np.save(tmp.open("wb"), codes.numpy().astype(dtype))
-    )
+    _write_codes(out, codes)
     samples_figure(images, codes, out / "samples.png", n=min(len(pixels), 64), n_codes=n_codes)
     info = {
         **info,
@@ -83,4 +117,5 @@ def _condition_keys(conditions: Conditions) -> dict:
         "position": position,
         "slice_pos": position,
         "age": conditions.get("age"),
+        "sex": conditions.get("sex"),
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from oasisvq.data.slices import SliceSet
+from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.device import pick_device
 from oasisvq.errors import ConfigError, RunError
 from oasisvq.prior.base import Prior
@@ -29,10 +30,19 @@ from oasisvq.train.history import History
 from oasisvq.train.prior_task import PriorTask
 
 
-def _fill_from_data(cfg: PriorConfig, run: Run, train: SliceSet) -> PriorConfig:
+def _fill_from_data(cfg: PriorConfig, run: Run, train: SliceSet | VolumeSet) -> PriorConfig:
     """Set what the VQ-VAE and the data fix: grid, codebook size, classes, age statistics."""
-    grid = run.config.grid
-    fill: dict = {"codebook_size": run.config.quantizer.codebook_size, "grid": (grid, grid)}
+    fill: dict = {
+        "codebook_size": run.config.quantizer.codebook_size,
+        "grid": run.config.grid_shape,
+    }
+    volumes = isinstance(train, VolumeSet)
+    if "sex" in cfg.condition and (volumes and (train.sexes < 0).all() or not volumes):
+        raise ConfigError(
+            "--condition sex: the data gives no sex (volumes with a participants.csv sex column)"
+        )
+    if volumes and {"class", "position"} & set(cfg.condition):
+        raise ConfigError("--condition class/position: volumes have neither; use age and sex")
     if "class" in cfg.condition:
         if not train.class_names or (train.classes < 0).all():
             raise ConfigError(

@@ -36,7 +36,7 @@ def _resumed_configs(
 def _load_splits(data_root: str | None, data_opts: DataOptions):
     splits = load_splits(data_root, data_opts)
     for name, s in splits.items():
-        if s.skipped:
+        if getattr(s, "skipped", None):
             print(
                 f"skipped {len(s.skipped)} bad file(s) in {name}:",
                 *s.skipped,
@@ -44,6 +44,21 @@ def _load_splits(data_root: str | None, data_opts: DataOptions):
                 file=sys.stderr,
             )
     return get_split(splits, "train", data_root), splits.get("validate")
+
+
+def _data_options(model_cfg: VQVAEConfig, given: DataOptions | None) -> DataOptions:
+    """The data options of a new run: slices of the model's size, or for a 3D model whole
+    volumes on its voxel grid (brain masks found automatically unless ``--mask`` says)."""
+    if model_cfg.dims == 2:
+        return given or DataOptions(size=model_cfg.image_size)
+    given = given or DataOptions()
+    return dataclasses.replace(
+        given,
+        dims=3,
+        voxel_mm=model_cfg.voxel_mm,
+        volume_shape=model_cfg.volume_shape,
+        mask=given.mask or "auto",
+    )
 
 
 def _inputs(data_root: str | None) -> list[Path]:
@@ -101,8 +116,10 @@ def train_vqvae(
                 adam_beta2=model_cfg.adam_beta2,
                 **set_,
             )
-            data_opts = data_opts or DataOptions(size=model_cfg.image_size)
-        if data_opts.size != model_cfg.image_size:
+            data_opts = _data_options(model_cfg, data_opts)
+            if model_cfg.dims == 3:  # conv3d weights have no channels_last layout
+                train_cfg = dataclasses.replace(train_cfg, channels_last=False)
+        if model_cfg.dims == 2 and data_opts.size != model_cfg.image_size:
             model_cfg = dataclasses.replace(model_cfg, image_size=data_opts.size)
         train, val = _load_splits(data_root, data_opts)
         config = _run_config(model_cfg, train_cfg, data_opts, data_root)

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oasisvq import metrics
+from oasisvq.data.augment import VolumeAugment
 from oasisvq.data.slices import SliceSet
-from oasisvq.data.torch_dataset import ImageDataset, to_unit
+from oasisvq.data.torch_dataset import ImageDataset, VolumeDataset, to_unit
+from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.errors import ConfigError
 from oasisvq.model.discriminator import hinge_losses
 from oasisvq.model.presets import VQVAEConfig
@@ -28,13 +30,31 @@ def reconstruction_loss(recon: Tensor, x: Tensor, cfg: VQVAEConfig) -> Tensor:
         loss = F.mse_loss(recon, x) / cfg.data_variance
         if cfg.ssim_weight > 0:
             w = cfg.ssim_weight
-            loss = (1 - w) * loss + w * (1 - metrics.ssim(recon, x).mean())
+            loss = (1 - w) * loss + w * (1 - _MEASURES[cfg.dims]["ssim"](recon, x).mean())
     return loss
+
+
+# per-image (per-volume) measures by name, for inputs with 2 or 3 spatial axes
+_MEASURES = {
+    2: {"ssim": metrics.ssim, "ms_ssim": metrics.ms_ssim, "psnr": metrics.psnr, "mse": metrics.mse},
+    3: {
+        "ssim": metrics.ssim3d,
+        "ms_ssim": metrics.ms_ssim3d,
+        "psnr": metrics.psnr,
+        "mse": metrics.mse,
+    },
+}
+# the same inside the brain mask (volumes with masks)
+MASKED = {"ssim_brain": metrics.ssim3d, "psnr_brain": metrics.psnr}
 
 
 class VQVAETask:
     def __init__(
-        self, model: VQVAE, train: SliceSet, val: SliceSet | None, batch_size: int
+        self,
+        model: VQVAE,
+        train: SliceSet | VolumeSet,
+        val: SliceSet | VolumeSet | None,
+        batch_size: int,
     ) -> None:
         self.model = model
         self.cfg = model.cfg
@@ -43,7 +63,9 @@ class VQVAETask:
                 "adversarial training runs in one process: the discriminator is not part of "
                 "the forward pass whose gradients DistributedDataParallel reduces"
             )
-        self.train_set = ImageDataset(train)
+        volumes = self.cfg.dims == 3
+        self.train_set = VolumeDataset(train) if volumes else ImageDataset(train)
+        self.augment = VolumeAugment() if self.cfg.augment else None
         self.val = val
         self.batch_size = batch_size
         self.counts = torch.zeros(self.cfg.quantizer.codebook_size, dtype=torch.long)
@@ -53,7 +75,8 @@ class VQVAETask:
         self.step = step
 
     def to_device(self, batch: Tensor, device: torch.device) -> Tensor:
-        return to_unit(batch, device)
+        x = to_unit(batch, device)
+        return x if self.augment is None else self.augment(x)
 
     def loss(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         recon, codes, vq_loss = model(x)
@@ -99,7 +122,7 @@ class VQVAETask:
             return {}
         device = next(model.parameters()).device
         result = reconstruct_all(
-            model, self.val.images, device, self.batch_size, measures=("ssim", "psnr", "mse")
+            model, _arrays(self.val), device, self.batch_size, measures=("ssim", "psnr", "mse")
         )
         return {
             "val_ssim": float(result["ssim"].mean()),
@@ -110,6 +133,10 @@ class VQVAETask:
         }
 
 
+def _arrays(data: SliceSet | VolumeSet) -> np.ndarray:
+    return data.volumes if isinstance(data, VolumeSet) else data.images
+
+
 @torch.no_grad()
 def reconstruct_all(
     model: nn.Module,
@@ -118,17 +145,21 @@ def reconstruct_all(
     batch_size: int = 64,
     keep: bool = False,
     measures: tuple[str, ...] = ("ssim", "ms_ssim", "psnr", "mse"),
+    masks: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Pass ``images (N, S, S) uint8`` through encoder, quantizer and decoder.
+    """Pass ``images (N, S, S)`` or volumes ``(N, X, Y, Z)`` uint8 through encoder,
+    quantizer and decoder.
 
     Returns per-image ``measures`` (by default ``ssim``, ``ms_ssim``, ``psnr``, ``mse``,
-    each ``(N,)``; ``ms_ssim`` is NaN on images too small for its five scales), the code-usage
-    histogram ``counts (K,)`` and, with ``keep``, ``recon (N, S, S)`` float [0, 1] and
-    ``codes (N, h, w)``.
+    each ``(N,)``; in 3D their 3D definitions; ``ms_ssim`` is NaN on images too small for
+    its five scales), with ``masks (N, X, Y, Z)`` bool also ``ssim_brain`` and
+    ``psnr_brain`` inside them, the code-usage histogram ``counts (K,)`` and, with
+    ``keep``, ``recon`` float [0, 1] shaped as the input and the code grids ``codes``.
     """
     was_training = model.training
     model.eval()
-    out: dict[str, list] = {k: [] for k in (*measures, "recon", "codes")}
+    names = (*measures, *(MASKED if masks is not None else ()))
+    out: dict[str, list] = {k: [] for k in (*names, "recon", "codes")}
     counts = None
     for start in range(0, len(images), batch_size):
         x = to_unit(
@@ -138,10 +169,14 @@ def reconstruct_all(
         recon, x = recon.float().clamp(0, 1).contiguous(), x.contiguous()
         with torch.autocast(device.type, enabled=False):
             for name in measures:
-                if name == "ms_ssim" and x.shape[-1] <= MS_SSIM_MIN_SIZE:  # too small for 5 scales
-                    out[name].append(torch.full((len(x),), float("nan")))
+                if name == "ms_ssim" and x.dim() == 4 and x.shape[-1] <= MS_SSIM_MIN_SIZE:
+                    out[name].append(torch.full((len(x),), float("nan")))  # too small for 5 scales
                     continue
-                out[name].append(getattr(metrics, name)(recon, x).float().cpu())
+                out[name].append(_MEASURES[x.dim() - 2][name](recon, x).float().cpu())
+            if masks is not None:
+                m = torch.from_numpy(np.array(masks[start : start + batch_size])).unsqueeze(1)
+                for name, measure in MASKED.items():
+                    out[name].append(measure(recon, x, mask=m.to(device)).float().cpu())
         c = torch.bincount(codes.flatten().cpu(), minlength=model.cfg.quantizer.codebook_size)
         counts = c if counts is None else counts + c
         if keep:

@@ -1,0 +1,170 @@
+"""Whole volumes end to end: the 3D layers, a 3D VQ-VAE trained on tiny synthetic
+brains, a prior conditioned on age and sex, NIfTI samples and reconstructions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from volume_toy import TINY3D, write_brains
+
+from oasisvq import Run
+from oasisvq.cli import main
+from oasisvq.data.volumes3d import grid_affine
+from oasisvq.errors import ConfigError
+from oasisvq.model.networks import VoxelShuffle
+from oasisvq.model.presets import PRESETS, get_preset
+from oasisvq.model.vqvae import VQVAE
+from oasisvq.prior.base import SamplingOptions
+from oasisvq.prior.config import get_prior_config
+from oasisvq.prior.registry import build_prior
+from oasisvq.train.prior_run import train_prior
+from oasisvq.train.vqvae_run import train_vqvae
+
+PRIOR = {"d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8}
+
+
+def test_voxel_shuffle_is_pixel_shuffle_in_2d_and_interleaves_in_3d() -> None:
+    x = torch.randn(2, 12, 3, 5)
+    assert torch.equal(VoxelShuffle(2, 2)(x), nn.PixelShuffle(2)(x))
+    v = torch.randn(1, 8, 2, 3, 4)
+    out = VoxelShuffle(2, 3)(v)
+    assert out.shape == (1, 1, 4, 6, 8)
+    for c in range(8):  # channel c = (i, j, k) fills voxel offset (i, j, k) of each 2^3 block
+        i, j, k = c // 4, (c // 2) % 2, c % 2
+        assert torch.equal(out[0, 0, i::2, j::2, k::2], v[0, c])
+
+
+@pytest.mark.parametrize("kind", ["vq", "fsq"])
+def test_a_3d_vqvae_maps_volumes_to_3d_code_grids(kind: str) -> None:
+    levels = {"kind": "fsq", "levels": (4, 4)} if kind == "fsq" else {}
+    overrides = {**TINY3D, **levels, "codebook_size": None if levels else 16}
+    cfg = get_preset("compact3d", **overrides)
+    model = VQVAE(cfg).eval()
+    x = torch.rand(2, 1, *cfg.volume_shape)
+    out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.codes.shape == (2, *cfg.grid_shape) == (2, 4, 4, 4)
+    assert torch.allclose(model.decode(out.codes), out.recon.clamp(0, 1), atol=1e-5)
+    assert cfg.bits_per_image == 64 * 4
+
+
+def test_3d_presets_state_their_grid_and_bits_per_volume() -> None:
+    for name in ("compact3d", "hifi3d"):
+        cfg = PRESETS[name]
+        assert cfg.dims == 3 and cfg.voxel_mm == 2.0 and len(cfg.grid_shape) == 3
+        assert cfg.bits_per_image == np.prod(cfg.grid_shape) * np.log2(cfg.quantizer.codebook_size)
+    assert PRESETS["compact3d"].grid_shape == (12, 14, 12)
+    assert PRESETS["hifi3d"].grid_shape == (24, 28, 24)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        get_preset("compact3d", volume_shape=(20, 16, 16))
+    with pytest.raises(ConfigError, match="2D only"):
+        get_preset("seed", dims=3, volume_shape=(16, 16, 16))
+
+
+def test_presets_json_lists_dims_and_3d_grids(capsys) -> None:
+    assert main(["presets", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["compact3d"]["dims"] == 3 and rows["compact3d"]["grid"] == [12, 14, 12]
+    assert rows["compact3d"]["bits_per_image"] == 12 * 14 * 12 * 8
+    assert rows["mid"]["dims"] == 2 and rows["mid"]["grid"] == 16
+
+
+def test_3d_transformer_sees_positions_on_all_three_axes() -> None:
+    cfg = get_prior_config("transformer", condition="age,sex", **PRIOR)
+    cfg.codebook_size, cfg.grid = 16, (2, 3, 4)
+    prior = build_prior(cfg).eval()
+    pos = prior.positions().view(2, 3, 4, -1)
+    assert torch.allclose(
+        pos[1, 2, 3], prior.row.weight[1] + prior.col.weight[2] + prior.depth.weight[3]
+    )
+    codes = torch.randint(0, 16, (3, 2, 3, 4))
+    cond = {"age": torch.tensor([30.0, 60.0, float("nan")]), "sex": torch.tensor([0, 1, -1])}
+    full = prior(codes, cond)
+    assert full.shape == (3, 2, 3, 4, 16)
+    assert torch.allclose(prior.forward_cached(codes, cond), full, atol=1e-5)
+    other = dict(cond, sex=torch.tensor([1, 0, -1]))
+    assert not torch.allclose(prior(codes, other)[:2], full[:2])  # sex is read
+    assert torch.allclose(prior(codes, other)[2], full[2])  # unknown stays unknown
+
+
+@pytest.fixture(scope="module")
+def run3d(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("brains")
+    write_brains(root, n_train=12, n_validate=4, n_test=2)
+    run = tmp_path_factory.mktemp("runs") / "r3d"
+    train_vqvae(str(root), run, preset="compact3d", epochs=4, model_overrides=TINY3D, batch_size=4)
+    train_prior(run, prior="transformer", condition="age,sex", epochs=2, options=PRIOR)
+    return run
+
+
+def test_training_a_3d_run_saves_a_3d_config_and_codes(run3d: Path) -> None:
+    run = Run.open(run3d)
+    assert run.dims == 3 and run.data_options.dims == 3
+    assert run.data_options.volume_shape == (16, 16, 16)
+    train = run.split("train")
+    codes = run.codes("train", train)
+    assert codes.codes.shape == (12, 4, 4, 4)
+    assert set(codes.sexes) == {0, 1} and np.isfinite(codes.ages).all()
+    prior = run.prior("transformer")
+    assert prior.cfg.grid == (4, 4, 4) and prior.cfg.condition == ("age", "sex")
+
+
+def test_3d_evaluation_reports_whole_volume_and_brain_measures(run3d: Path, tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run3d), "--split", "test", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["n_volumes"] == 2 and summary["dims"] == 3 and summary["grid"] == [4, 4, 4]
+    for key in ("ssim_mean", "ms_ssim_mean", "psnr_mean", "ssim_brain_mean", "psnr_brain_mean"):
+        assert np.isfinite(summary[key]), key
+    assert 0 < summary["codes_used"] <= 16
+    assert (run3d / "eval-test" / "reconstructions.png").stat().st_size > 0
+
+
+def test_sampling_a_conditioned_3d_prior_writes_nifti_on_the_preset_grid(
+    run3d: Path, tmp_path
+) -> None:
+    out = tmp_path / "samples"
+    args = ["sample", str(run3d), "--age", "80", "--sex", "f", "--n", "3", "--out", str(out)]
+    assert main(args) == 0
+    info = json.loads((out / "sample.json").read_text())
+    assert info["age"] == 80 and info["sex"] == "F"
+    files = sorted((out / "volumes").glob("sample_*.nii.gz"))
+    assert len(files) == 3 and len(list((out / "volumes").glob("sample_*.png"))) == 3
+    img = nib.load(str(files[0]))
+    assert img.shape == (16, 16, 16) and nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    assert np.allclose(img.affine, grid_affine((16, 16, 16), 2.0))
+    data = np.asarray(img.dataobj, np.float32)
+    assert 0 <= data.min() and data.max() <= 1 and data.std() > 0
+    assert np.load(out / "codes.npy").shape == (3, 4, 4, 4)
+
+
+def test_the_sex_condition_is_checked_before_drawing(run3d: Path, tmp_path, capsys) -> None:
+    code = main(["sample", str(run3d), "--sex", "X", "--n", "1", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--sex" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    run = Run.open(run3d)
+    a, _ = run.sample(2, "transformer", SamplingOptions(seed=1), {"age": 30, "sex": "M"})
+    assert a.shape == (2, 16, 16, 16)
+
+
+def test_reconstruct_one_scan_overlays_it(run3d: Path, tmp_path) -> None:
+    run = Run.open(run3d)
+    scan = Path(run.split("test").paths[0])
+    out = tmp_path / "recon"
+    assert main(["reconstruct", str(run3d), str(scan), "--out", str(out)]) == 0
+    stem = scan.name.removesuffix(".nii.gz")
+    recon = nib.load(str(out / f"{stem}_recon.nii.gz"))
+    given = nib.load(str(out / f"{stem}_input.nii.gz"))
+    assert recon.shape == (16, 16, 16) and np.allclose(recon.affine, given.affine)
+    # the output grid's centre is the source scan's brain centre, in world mm
+    src = nib.load(str(scan))
+    world_centre = recon.affine @ np.array([7.5, 7.5, 7.5, 1.0])
+    src_centre = src.affine @ np.array([*(np.array(src.shape) - 1) / 2, 1.0])
+    assert np.abs(world_centre[:3] - src_centre[:3]).max() <= 2 * 2.0
+    assert np.load(out / f"{stem}_codes.npy").shape == (4, 4, 4)
