@@ -356,6 +356,13 @@ def test_resolve_condition() -> None:
     assert resolve_conditions(cfg, wanted) == want
     assert resolve_conditions(cfg, {"class": 0})["class"] == 0
     assert resolve_conditions(cfg, None)["class"] is None
-    for bad in ({"class": "XX"}, {"class": 5}, {"position": 1.5}, {"age": 70.0}, {"sex": "F"}, {"mood": 1}):
+    for bad in (
+        {"class": "XX"},
+        {"class": 5},
+        {"position": 1.5},
+        {"age": 70.0},
+        {"sex": "F"},
+        {"mood": 1},
+    ):
         with pytest.raises(ConfigError):
             resolve_conditions(cfg, bad)
