@@ -13,6 +13,7 @@ import secrets
 import torch
 from torch import Tensor
 
+from oasisvq.device import cpu_threads
 from oasisvq.errors import ConfigError
 from oasisvq.prior.base import DEFAULT_OPTIONS, Cond, Prior, SamplingOptions, check_guidance
 from oasisvq.prior.base import make_cond as make_cond
@@ -20,6 +21,7 @@ from oasisvq.prior.config import CONDITIONS, SEXES, PriorConfig
 
 # {"class": name or index, "position": [0, 1], "age": years, "sex": "F"/"M" or 0/1}
 Conditions = dict[str, object]
+SMALL_BATCH = 32  # grids drawn at once on one CPU thread (see device.cpu_threads)
 
 
 def default_batch_size(cfg: PriorConfig) -> int:
@@ -97,9 +99,9 @@ def condition_batch(cfg: PriorConfig, wanted: Conditions | None, n: int) -> Cond
 def sample_codes(
     prior: Prior, n: int, cond: Cond | None = None, options: SamplingOptions = DEFAULT_OPTIONS
 ) -> Tensor:
-    """``n`` code grids ``(n, h, w)`` int64 on the CPU, drawn ``options.batch_size`` at a
+    """``n`` code grids ``(n, *grid)`` int64 on the CPU, drawn ``options.batch_size`` at a
     time, in fp32 (the probabilities are exact; bf16 does not make the KV-cached steps
-    faster).
+    faster); a batch of at most ``SMALL_BATCH`` grids is drawn on one CPU thread.
 
     cond: per-example conditions of length ``n`` (see :mod:`oasisvq.prior.base`); each
     guided grid (``options.guidance`` other than 1) costs two."""
@@ -114,5 +116,6 @@ def sample_codes(
     for s in range(0, n, bs):
         m = min(bs, n - s)
         c = None if cond is None else {k: v[s : s + m].to(device) for k, v in cond.items()}
-        out.append(prior.sample(m, c, options, gen).cpu())
+        with cpu_threads(1 if m <= SMALL_BATCH else torch.get_num_threads(), device):
+            out.append(prior.sample(m, c, options, gen).cpu())
     return torch.cat(out) if out else torch.zeros(0, *prior.cfg.grid, dtype=torch.long)
