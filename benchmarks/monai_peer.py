@@ -3,13 +3,17 @@
     python -m benchmarks.monai_peer --data ../shared/data/alzheimer-mri --preset seed \
         --minutes 20 --monai-shape default --out benchmarks/results/monai_seed-default.json
     python -m benchmarks.monai_peer --data ... --preset compact --ours-run runs/compact \
-        --minutes 20 --out ...      # ours from an already-trained run (not retrained)
+        --minutes 20 --out ...      # ours from an already-trained run, 2D or 3D (not retrained)
+    python -m benchmarks.monai_peer --data ../shared/data/ixi-t1 --preset compact3d \
+        --minutes 20 --out benchmarks/results/monai_compact3d-default.json   # whole volumes
 
-The peer is ``monai.networks.nets.VQVAE`` (``spatial_dims=2``, one channel in and out)
-shaped to the preset's latent: one stride-2 level (MONAI's default 4x4 kernel, padding 1)
-per entry of the preset's ``widths``, so the same grid (8x8 for 4 levels, 32x32 for 2
-levels at 128x128), with the preset's codebook size and code dimension. Two shapes of the
-rest (``--monai-shape``):
+The peer is ``monai.networks.nets.VQVAE`` (``spatial_dims`` = the preset's ``dims``: 2 for
+slices, 3 for whole volumes; one channel in and out) shaped to the preset's latent: one
+stride-2 level (MONAI's default kernel of side 4, padding 1) per entry of the preset's
+``widths``, so the same grid (8x8 for 4 levels, 32x32 for 2 levels at 128x128; 12x14x12
+for ``compact3d``'s 3 levels and 24x28x24 for ``hifi3d``'s 2 at 96x112x96), with the
+preset's codebook size and code dimension (``benchmarks/monai_adapter.py``). Two shapes
+of the rest (``--monai-shape``):
 
 * ``default``: what a MONAI user gets, MONAI's default widths ``(96, 96, 192)`` (cut to
   the preset's number of levels, or extended with its last width) as ``channels`` and
@@ -23,14 +27,25 @@ initialisation, no k-means, no dead-code restarts).
 
 Both models are trained by this project's ``Engine`` (AdamW with the preset's learning
 rate, β2 and weight decay, warm-up and cosine schedule, gradient clipping, the same autocast
-and channels-last settings) through ``VQVAETask``: the same uint8 slice cache, the same
+and channels-last settings) through ``VQVAETask``: the same uint8 cache, the same
 shuffled batches in the same order (same seed), the preset's batch size and the preset's
-reconstruction loss (MSE / variance, mixed with 1 - SSIM where the preset does) plus each
-model's own quantization loss. ``--minutes M`` trains each model for M minutes of wall
-clock (the cosine schedule then runs over the elapsed fraction of the budget), ``--epochs
-E`` for E epochs. Each model trains in its own process, one after the other, so that the
-peak resident memory (``ru_maxrss``) belongs to it alone. Both are then measured with
-``evaluate_slices`` on the validation split (SSIM, MS-SSIM, PSNR, codes used) in fp32.
+reconstruction loss (MSE / variance, mixed with 1 - SSIM where the preset does; SSIM-3D
+for volumes) plus each model's own quantization loss. ``--minutes M`` trains each model
+for M minutes of wall clock (the cosine schedule then runs over the elapsed fraction of
+the budget), ``--epochs E`` for E epochs. Each model trains in its own process, one after
+the other, so that the peak resident memory (``ru_maxrss``) belongs to it alone. Both are
+then measured on the validation split in fp32: slices with ``evaluate_slices`` (SSIM,
+MS-SSIM, PSNR, codes used), volumes with ``evaluate_volumes`` (the same in 3D, and SSIM
+and PSNR inside the brain mask), with the images (volumes) per second of training and of
+evaluation.
+
+3D presets: the data are whole volumes prepared as ``oasisvq train`` prepares them for
+the preset (its voxel size and crop shape, brain masks found automatically); with the
+preset's ``augment``, both models see the same random changes of their training volumes
+(drawn from a generator stream of their own, so that our quantizer's k-means and code
+restarts do not shift them); channels-last is off (conv3d has no such layout), as in
+``oasisvq train``. ``--volume-shape X Y Z`` crops the volumes to another shape (each side
+a multiple of 2^levels) and builds both models for it: a cheaper comparison.
 
 Adapter: MONAI's ``VQVAE.forward`` returns ``(reconstruction, quantization_loss)`` only;
 the adapter runs the same three steps (``encode``, the ``EMAQuantizer``, ``decode``) so
@@ -39,13 +54,13 @@ against ``index_quantize`` at evaluation. MONAI switches autocast off around its
 for CUDA only; the adapter switches it off for the device in use (on a bf16 CPU the
 distances would otherwise be bf16), as our quantizer does.
 
-Quick check: ``--minutes 0.5 --limit 256 --eval-limit 64``.
+Quick checks: ``--minutes 0.5 --limit 256 --eval-limit 64``; in 3D ``--minutes 0.5
+--limit 8 --eval-limit 4``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -54,109 +69,56 @@ import tempfile
 import time
 from pathlib import Path
 
+import monai
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import oasisvq
 from benchmarks import plots
+from benchmarks.budget_train import train_for
 from benchmarks.machine import (
     command_line,
     machine_info,
     peak_rss_mib,
     save_result,
 )
+from benchmarks.monai_adapter import SHAPES, MonaiVQVAE
 from oasisvq.data.loader import get_split, load_splits
 from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet
+from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.errors import ConfigError
 from oasisvq.evaluate.reconstruction import evaluate_slices
+from oasisvq.evaluate.volumes import evaluate_volumes
 from oasisvq.model.presets import VQVAEConfig, get_preset
-from oasisvq.model.vqvae import VQVAE, VQOutput, count_params
+from oasisvq.model.vqvae import VQVAE, count_params
 from oasisvq.train.config import TrainConfig
-from oasisvq.train.engine import Engine, lr_schedule
+from oasisvq.train.engine import Engine
+from oasisvq.train.vqvae_run import data_options_for
 from oasisvq.train.vqvae_task import VQVAETask
 
-MONAI_DEFAULT_WIDTHS = (96, 96, 192)  # monai.networks.nets.VQVAE's default channels
-MONAI_DEFAULT_RES_LAYERS = 3  # and its default num_res_layers
-
-
-class MonaiVQVAE(nn.Module):
-    """``monai.networks.nets.VQVAE`` with our model's interface: ``forward(x) -> VQOutput
-    (recon, codes, vq_loss)`` and a ``cfg`` (a copy of the preset's, renamed), so that
-    ``VQVAETask``, the engine and ``evaluate_slices`` take it unchanged."""
-
-    def __init__(
-        self,
-        cfg: VQVAEConfig,
-        shape: str = "default",
-        num_res_layers: int | None = None,
-        **monai_kwargs: object,
-    ) -> None:
-        super().__init__()
-        from monai.networks.nets import VQVAE as MonaiNet  # lazy: the optional `bench` extra
-
-        levels = len(cfg.widths)
-        if shape == "default":
-            widths = MONAI_DEFAULT_WIDTHS[:levels]
-            widths += (widths[-1],) * (levels - len(widths))
-            res_layers = MONAI_DEFAULT_RES_LAYERS
-        elif shape == "matched":
-            widths, res_layers = tuple(cfg.widths), max(cfg.blocks)
-        else:
-            raise ValueError(f"monai shape {shape!r}: expected default or matched")
-        self.num_res_layers = res_layers if num_res_layers is None else num_res_layers
-        self.cfg = dataclasses.replace(
-            cfg, name=f"monai-{cfg.name}", description="monai.networks.nets.VQVAE"
-        )
-        self.monai_config = {
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "out_channels": 1,
-            "channels": widths,
-            "num_res_layers": self.num_res_layers,
-            "num_res_channels": widths,
-            "downsample_parameters": tuple((2, 4, 1, 1) for _ in range(levels)),
-            "upsample_parameters": tuple((2, 4, 1, 1, 0) for _ in range(levels)),
-            "num_embeddings": cfg.quantizer.codebook_size,
-            "embedding_dim": cfg.quantizer.dim,
-            "commitment_cost": cfg.quantizer.beta,
-            "ddp_sync": False,
-            **monai_kwargs,
-        }
-        self.net = MonaiNet(**self.monai_config)
-
-    def forward(self, x: Tensor) -> VQOutput:
-        z = self.net.encode(x)
-        with torch.autocast(x.device.type, enabled=False):
-            quantized, vq_loss, codes = self.net.quantizer.quantizer(z.float())
-        return VQOutput(self.net.decode(quantized), codes, vq_loss)
-
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Codes ``(B, h, w)`` via MONAI's own ``index_quantize`` (call in eval mode: in
-        training mode MONAI's quantizer also updates its EMA codebook)."""
-        return self.net.index_quantize(x)
+CHECKED = {2: 16, 3: 2}  # slices / volumes whose codes are checked against index_quantize
 
 
 # ---------------------------------------------------------------- one model, one process
-def _time_lambda(cfg: TrainConfig, budget_s: float, clock: dict):
-    """LR factor from the elapsed fraction of the training budget (warm-up, then cosine).
-    The schedule is laid over 10,000 virtual steps, so its warm-up is ``warmup_fraction`` of
-    the budget; ``warmup_steps`` (a count of real steps) never binds here."""
-    shape = lr_schedule(cfg, 10_000)
-
-    def f(_step: int) -> float:
-        t0 = clock.get("start")
-        frac = 0.0 if t0 is None else min(1.0, (time.perf_counter() - t0) / budget_s)
-        return shape(int(frac * 10_000))
-
-    return f
+def preset_config(preset: str, volume_shape: list[int] | None = None) -> VQVAEConfig:
+    """Preset ``preset``, on volumes of ``volume_shape`` where given (3D presets only).
+    Raises ConfigError for a shape on a 2D preset or one the encoder cannot halve."""
+    cfg = get_preset(preset)
+    if volume_shape is None:
+        return cfg
+    if cfg.dims != 3:
+        raise ConfigError(f"--volume-shape: preset {preset!r} is 2D (slices of --size)")
+    return get_preset(preset, volume_shape=tuple(volume_shape))
 
 
-def _data(args: argparse.Namespace, size: int) -> tuple[SliceSet, SliceSet]:
-    """The training images (the first ``--limit``) and the evaluation split (the first
-    ``--eval-limit``) at ``size``."""
-    splits = load_splits(args.data, DataOptions(size=size))
+def _data(
+    args: argparse.Namespace, opts: DataOptions
+) -> tuple[SliceSet | VolumeSet, SliceSet | VolumeSet]:
+    """The training slices or volumes (the first ``--limit``) and the evaluation split
+    (the first ``--eval-limit``), prepared with ``opts``."""
+    splits = load_splits(args.data, opts)
     train = get_split(splits, "train", args.data)
     val = get_split(splits, args.eval_split, args.data)
     if args.limit:
@@ -166,12 +128,43 @@ def _data(args: argparse.Namespace, size: int) -> tuple[SliceSet, SliceSet]:
     return train, val
 
 
+def _evaluate(model: nn.Module, val: SliceSet | VolumeSet, device: torch.device) -> dict:
+    """``evaluate_slices`` or ``evaluate_volumes`` of ``val`` (fp32): the summary with the
+    seconds it took and the images (volumes) per second."""
+    t = time.perf_counter()
+    if isinstance(val, VolumeSet):
+        summary, _ = evaluate_volumes(model, val, device)
+    else:
+        summary, _ = evaluate_slices(model, val, device)
+    seconds = time.perf_counter() - t
+    return {**summary, "seconds": seconds, "images_per_second": len(val) / max(seconds, 1e-9)}
+
+
+def _codes_checked(
+    model: nn.Module, val: SliceSet | VolumeSet, device: torch.device, which: str
+) -> tuple[list[int], bool | None]:
+    """The code grid of the first few validation inputs, and for MONAI whether its own
+    ``index_quantize`` gives the adapter's codes. Raises if the grid is not the preset's."""
+    cfg = model.cfg
+    arrays = val.volumes if isinstance(val, VolumeSet) else val.images
+    x = np.asarray(arrays[: CHECKED[cfg.dims]], np.float32) / 255.0
+    x = torch.from_numpy(x)[:, None].to(device)
+    with torch.no_grad():
+        codes = model(x).codes
+        check = bool(torch.equal(model.encode(x), codes)) if which == "monai" else None
+    grid = list(codes.shape[1:])
+    if grid != list(cfg.grid_shape):
+        expected = "x".join(map(str, cfg.grid_shape))
+        raise RuntimeError(f"{which}: code grid {grid}, expected {expected}")
+    return grid, check
+
+
 def train_and_measure(args: argparse.Namespace, which: str) -> dict:
     """Train ``which`` ("ours" or "monai") as configured by ``args`` and measure it."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = get_preset(args.preset)
-    train, val = _data(args, cfg.image_size)
+    cfg = preset_config(args.preset, args.volume_shape)
+    train, val = _data(args, data_options_for(cfg))
     torch.manual_seed(args.seed)
     if which == "ours":
         model: nn.Module = VQVAE(cfg)
@@ -187,111 +180,45 @@ def train_and_measure(args: argparse.Namespace, which: str) -> dict:
         seed=args.seed,
         device=args.device,
         amp=args.amp,
-        channels_last=not args.no_channels_last,
+        # conv3d weights have no channels-last layout (as `oasisvq train`)
+        channels_last=not args.no_channels_last and cfg.dims == 2,
     )
     task = VQVAETask(model, train, None, tcfg.batch_size)
     with tempfile.TemporaryDirectory(prefix=f"monai_peer_{which}_") as tmp:
         engine = Engine(task, tcfg, Path(tmp), {"kind": "benchmark"})
-        budget = args.minutes * 60 if args.minutes else None
-        clock: dict = {}
-        if budget:
-            engine.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                engine.optimizer, _time_lambda(tcfg, budget, clock)
-            )
         device = engine.device
-        losses: list[float] = []
-        times: list[float] = []
-        n_images, steps, epoch, steady = 0, 0, 0, None
-        engine.model.train()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        cpu0 = time.process_time()
-        clock["start"] = start = time.perf_counter()
-        done = False
-        while not done:
-            task.start_epoch()
-            for batch in engine.epoch_loader(epoch):
-                if budget and time.perf_counter() - start >= budget:
-                    done = True
-                    break
-                x = task.to_device(batch, device)
-                logs = engine.train_step(x)
-                losses.append(float(logs["loss"]))
-                times.append(time.perf_counter() - start)
-                n_images += len(x)
-                steps += 1
-                if steps == args.warmup_steps:
-                    steady = (time.perf_counter(), n_images)
-            epoch += 1
-            if args.epochs and epoch >= args.epochs:
-                done = True
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        cpu_seconds = time.process_time() - cpu0
+        trained = train_for(engine, task, args.minutes, args.epochs, args.warmup_steps)
         train_rss = peak_rss_mib()
         cuda_peak = (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         )
         train_counts = task.counts.cpu().numpy()
         model = engine.model.eval()
-        t = time.perf_counter()
-        summary, _ = evaluate_slices(model, val, device)
-        eval_seconds = time.perf_counter() - t
-    check = None
-    x = torch.from_numpy(np.asarray(val.images[:16], np.float32) / 255.0)[:, None].to(device)
-    with torch.no_grad():
-        codes = model(x).codes
-        if which == "monai":
-            check = bool(torch.equal(model.encode(x), codes))
-    code_grid = list(codes.shape[1:])
-    if code_grid != [cfg.grid, cfg.grid]:
-        raise RuntimeError(f"{which}: code grid {code_grid}, expected {cfg.grid}x{cfg.grid}")
-    tail = losses[-max(1, len(losses) // 10) :]
-    rate_steady = None
-    if steady is not None and steps > args.warmup_steps:
-        rate_steady = (n_images - steady[1]) / max(1e-9, start + seconds - steady[0])
+        evaluated = _evaluate(model, val, device)
+    code_grid, check = _codes_checked(model, val, device, which)
     return {
         "model": which,
         "name": model.cfg.name,
         "params": count_params(model),
         "monai_config": getattr(model, "monai_config", None),
         "train": {
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "steps": steps,
-            "epochs_started": epoch,
-            "images": n_images,
-            "images_per_second": n_images / seconds if seconds else None,
-            "images_per_second_after_warmup": rate_steady,
-            "images_per_cpu_second": n_images / cpu_seconds if cpu_seconds else None,
-            "final_loss": float(np.mean(tail)) if tail else None,
-            "loss_curve": _curve(times, losses),
+            **trained,
             "codes_used_last_epoch": int((train_counts > 0).sum()),
             "peak_rss_mib": train_rss,
             "cuda_peak_allocated_mib": cuda_peak,
             "config": tcfg.to_dict(),
             "amp": None if engine.amp is None else str(engine.amp).replace("torch.", ""),
+            "augment": cfg.augment,
         },
-        "eval": {**summary, "seconds": eval_seconds, "split": args.eval_split},
+        "eval": {**evaluated, "split": args.eval_split},
         "code_grid": code_grid,
         "index_quantize_matches_adapter": check,
         "peak_rss_mib": peak_rss_mib(),
         "device": str(device),
         "machine": machine_info(),
     }
-
-
-def _curve(times: list[float], losses: list[float], points: int = 200) -> list[list[float]]:
-    """``[[seconds, loss], ...]``: the loss averaged over ``points`` equal runs of steps."""
-    if not losses:
-        return []
-    edges = np.linspace(0, len(losses), min(points, len(losses)) + 1).astype(int)
-    return [
-        [float(times[b - 1]), float(np.mean(losses[a:b]))]
-        for a, b in zip(edges[:-1], edges[1:], strict=True)
-        if b > a
-    ]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -302,14 +229,16 @@ def plot(result: dict, path: Path) -> None:
     who = (("ours", "oasisvq", "C0"), ("peer", f"MONAI {result['monai']}", "C1"))
     for key, label, colour in who:
         curve = np.array(result[key]["train"].get("loss_curve") or [[0, np.nan]])
-        ax.plot(curve[:, 0] / 60, curve[:, 1], color=colour, label=label)
+        marker = "o" if len(curve) == 1 else None  # one step in the budget: a point
+        ax.plot(curve[:, 0] / 60, curve[:, 1], color=colour, label=label, marker=marker)
     ax.set(xlabel="training minutes", ylabel="training loss", yscale="log", title="loss")
     ax.legend()
     labels = [label for _, label, _ in who]
     colours = [c for _, _, c in who]
     ssim = [result[k]["eval"]["ssim_mean"] for k, _, _ in who]
     rate = [result[k]["train"]["images_per_second"] or 0 for k, _, _ in who]
-    for axis, values, name in ((bx, ssim, "SSIM (validation)"), (cx, rate, "train images / s")):
+    unit = result.get("unit", "image")
+    for axis, values, name in ((bx, ssim, "SSIM (validation)"), (cx, rate, f"train {unit}s / s")):
         axis.bar(labels, values, color=colours)
         for i, v in enumerate(values):
             axis.text(i, v, f"{v:.3g}", ha="center", va="bottom")
@@ -325,21 +254,31 @@ def plot(result: dict, path: Path) -> None:
 
 
 def measure_ours_run(args: argparse.Namespace) -> dict:
-    """Evaluate an already-trained run of ours; training figures from its history."""
+    """Evaluate an already-trained run of ours on the data the peer was measured on (the
+    run's preset prepared as ``oasisvq train`` prepares it); training figures from its
+    history."""
     if args.threads:
         torch.set_num_threads(args.threads)
     run = oasisvq.load(args.ours_run, args.device)
     model, device = run.vqvae, run.device
+    peer = preset_config(args.preset, args.volume_shape)
     if model.cfg.name != args.preset:
         print(
             f"warning: --ours-run is preset {model.cfg.name!r}, not {args.preset!r}",
             file=sys.stderr,
         )
-    _, val = _data(args, model.cfg.image_size)
+    elif model.cfg.input_shape != peer.input_shape:
+        print(
+            f"warning: --ours-run takes inputs of {model.cfg.input_shape}, the peer "
+            f"{peer.input_shape}",
+            file=sys.stderr,
+        )
+    _, val = _data(args, data_options_for(model.cfg))
     history = json.loads((Path(args.ours_run) / "history.json").read_text())
     seconds = sum(r["epoch_seconds"] for r in history)
     images = sum(r["epoch_seconds"] * r["train_images_per_second"] for r in history)
-    summary, _ = evaluate_slices(model, val, device)
+    evaluated = _evaluate(model, val, device)
+    code_grid, _ = _codes_checked(model, val, device, "ours")
     return {
         "model": "ours",
         "name": model.cfg.name,
@@ -353,7 +292,8 @@ def measure_ours_run(args: argparse.Namespace) -> dict:
             "peak_rss_mib": None,
             "note": "from the run's history.json: a full training, not the budget of the peer",
         },
-        "eval": {**summary, "split": args.eval_split},
+        "eval": {**evaluated, "split": args.eval_split},
+        "code_grid": code_grid,
         "peak_rss_mib": None,
         "device": str(device),
         "machine": machine_info(),
@@ -380,25 +320,46 @@ def _worker(args: argparse.Namespace, which: str, argv: list[str]) -> dict:
 
 
 def _ratios(ours: dict, monai: dict) -> dict:
-    """ours / MONAI for the comparable figures (None where either is missing or 0)."""
+    """ours / MONAI for the comparable figures (None where either is missing or 0); the
+    brain-mask measures of volumes where both have them."""
 
     def r(a: float | None, b: float | None) -> float | None:
         return None if a is None or b in (None, 0) else a / b
 
+    a, b = ours["eval"], monai["eval"]
+    brain = [k for k in ("ssim_brain", "psnr_brain") if f"{k}_mean" in a and f"{k}_mean" in b]
     return {
-        "ssim": r(ours["eval"]["ssim_mean"], monai["eval"]["ssim_mean"]),
-        "ms_ssim": r(ours["eval"]["ms_ssim_mean"], monai["eval"]["ms_ssim_mean"]),
-        "psnr": r(ours["eval"]["psnr_mean"], monai["eval"]["psnr_mean"]),
-        "codes_used": r(ours["eval"]["codes_used"], monai["eval"]["codes_used"]),
+        **{k: r(a[f"{k}_mean"], b[f"{k}_mean"]) for k in ("ssim", "ms_ssim", "psnr", *brain)},
+        "codes_used": r(a["codes_used"], b["codes_used"]),
         "train_images_per_second": r(
             ours["train"]["images_per_second"], monai["train"]["images_per_second"]
         ),
+        "eval_images_per_second": r(a.get("images_per_second"), b.get("images_per_second")),
         "train_peak_rss": r(ours["train"]["peak_rss_mib"], monai["train"]["peak_rss_mib"]),
         "params": r(ours["params"], monai["params"]),
     }
 
 
-def main() -> int:
+def _notes(cfg: VQVAEConfig) -> list[str]:
+    notes = [
+        "same Engine, TrainConfig, loss (the preset's reconstruction loss + each model's own "
+        "quantization loss), batches and order for both models; each trained in its own process",
+        "images_per_second is wall clock over the whole budget (first steps included); "
+        "images_per_second_after_warmup leaves out --warmup-steps steps; on a shared CPU "
+        "images_per_cpu_second * threads estimates the rate on idle cores",
+        "peak_rss_mib of train: the process's ru_maxrss after training (data cache pages included)",
+    ]
+    if cfg.dims == 3:
+        notes.append(
+            "3D: an image is a whole volume (data_options: as `oasisvq train` prepares them "
+            "for the preset); SSIM and MS-SSIM are 3D, *_brain inside the brain mask; the "
+            f"training volumes' random changes (augment={cfg.augment}) come from a stream "
+            "of their own, the same for both models; channels-last off"
+        )
+    return notes
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -417,6 +378,15 @@ def main() -> int:
     p.add_argument(
         "--eval-limit", type=int, default=None, help="evaluate on the first N images only"
     )
+    p.add_argument(
+        "--volume-shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="3D presets: crop volumes to this shape and build both models for it "
+        "(default: the preset's)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--lr", type=float, default=None, help="default: the preset's")
     p.add_argument("--device", default="auto")
@@ -427,7 +397,7 @@ def main() -> int:
     p.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the steady rate")
     p.add_argument(
         "--monai-shape",
-        choices=("default", "matched"),
+        choices=SHAPES,
         default="default",
         help="MONAI's default widths and residual layers, or the preset's (see above)",
     )
@@ -440,7 +410,35 @@ def main() -> int:
     p.add_argument("--out", required=True, help="JSON result file")
     p.add_argument("--worker", choices=("ours", "monai"), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def _shown(ours: dict, monai_result: dict) -> dict:
+    """The headline figures of both models, for the terminal."""
+    shown = {}
+    for who, r in (("ours", ours), ("monai", monai_result)):
+        e = r["eval"]
+        shown[who] = {
+            "ssim": round(e["ssim_mean"], 4),
+            "psnr": round(e["psnr_mean"], 2),
+            **({"ssim_brain": round(e["ssim_brain_mean"], 4)} if "ssim_brain_mean" in e else {}),
+            "codes_used": e["codes_used"],
+            "train_img_s": r["train"]["images_per_second"],
+            "eval_img_s": e.get("images_per_second"),
+            "steps": r["train"].get("steps"),
+            "rss_mib": r["train"]["peak_rss_mib"],
+        }
+    return shown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    try:
+        cfg = preset_config(args.preset, args.volume_shape)
+    except ConfigError as e:
+        p.error(str(e))
 
     if args.worker:
         result = train_and_measure(args, args.worker)
@@ -448,20 +446,20 @@ def main() -> int:
         return 0
 
     command = command_line()
-    argv = list(sys.argv[1:])  # the workers' arguments: all but --ours-run
-    if args.ours_run:
+    if args.ours_run:  # the workers' arguments: all but --ours-run
         argv = [a for a in argv if not a.startswith("--ours-run=")]
         if "--ours-run" in argv:
             i = argv.index("--ours-run")
             del argv[i : i + 2]
-    import monai  # lazy: the optional `bench` extra
-
     monai_result = _worker(args, "monai", argv)
     ours = measure_ours_run(args) if args.ours_run else _worker(args, "ours", argv)
     result = {
         "benchmark": "monai_peer",
         "preset": args.preset,
         "data": args.data,
+        "dims": cfg.dims,
+        "unit": "volume" if cfg.dims == 3 else "image",
+        "data_options": data_options_for(cfg).to_dict(),
         "budget": {"minutes": args.minutes} if args.minutes else {"epochs": args.epochs},
         "monai_shape": args.monai_shape,
         "train_limit": args.limit,
@@ -471,30 +469,12 @@ def main() -> int:
         "ours": ours,
         "peer": monai_result,
         "ratios_ours_over_monai": _ratios(ours, monai_result),
-        "notes": [
-            "same Engine, TrainConfig, loss (the preset's reconstruction loss + each model's own "
-            "quantization loss), batches and order for both models; each trained in its own process",
-            "images_per_second is wall clock over the whole budget (first steps included); "
-            "images_per_second_after_warmup leaves out --warmup-steps steps; on a shared CPU "
-            "images_per_cpu_second * threads estimates the rate on idle cores",
-            "peak_rss_mib of train: the process's ru_maxrss after training (data cache pages included)",
-        ],
+        "notes": _notes(cfg),
         "command": command,
         "machine": machine_info(),
     }
     save_result(result, args.out, plot)
-    show = {
-        who: {
-            "ssim": round(r["eval"]["ssim_mean"], 4),
-            "psnr": round(r["eval"]["psnr_mean"], 2),
-            "codes_used": r["eval"]["codes_used"],
-            "train_img_s": r["train"]["images_per_second"],
-            "steps": r["train"].get("steps"),
-            "rss_mib": r["train"]["peak_rss_mib"],
-        }
-        for who, r in (("ours", ours), ("monai", monai_result))
-    }
-    print(json.dumps(show))
+    print(json.dumps(_shown(ours, monai_result)))
     return 0
 
 

@@ -333,9 +333,12 @@ def monai(results: Path) -> Iterator[Table]:
         )
     yield Table(
         "Ours beside MONAI's VQ-VAE trained the same way for the same budget",
-        "`monai.networks.nets.VQVAE` with the preset's grid and codebook, at MONAI's default "
-        "widths or the preset's own (matched), trained by this project's engine with the "
-        "same loss, batches and optimiser; both measured on the validation split.",
+        "`monai.networks.nets.VQVAE` with the preset's grid and codebook (`spatial_dims` 2 "
+        "for slices, 3 for whole volumes), at MONAI's default widths or the preset's own "
+        "(matched), trained by this project's engine with the same loss, batches, "
+        "augmentation and optimiser, each in its own process; both measured on the "
+        "validation split (3D presets: whole volumes as `oasisvq train` prepares them, "
+        "3D SSIM, an image is a volume).",
         _sources(rs),
         [
             ("preset", "`{preset}`"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,15 @@ def _isolated_cache(
 ) -> None:
     """Each test gets its own decode cache, never the user's ~/.cache."""
     monkeypatch.setenv("OASISVQ_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def benchmark_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes a benchmark starts (``python -m benchmarks.NAME``) import the
+    benchmarks and the package of this checkout."""
+    root = Path(__file__).resolve().parents[1]
+    paths = [str(root), str(root / "src"), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
 @pytest.fixture

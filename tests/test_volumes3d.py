@@ -487,3 +487,29 @@ def test_volume_set_checks_its_lengths():
         VolumeSet(
             empty.volumes, empty.masks, empty.affines, ["x"], empty.ages, empty.sexes, [], 2.0
         )
+
+
+def test_a_subset_keeps_every_field_of_the_volumes_it_picks():
+    rng = np.random.default_rng(0)
+    n, shape = 4, (8, 8, 8)
+    full = VolumeSet(
+        volumes=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        masks=rng.random((n, *shape)) > 0.5,
+        affines=rng.random((n, 4, 4)),
+        subjects=[f"s{i}" for i in range(n)],
+        ages=np.arange(n, dtype=np.float32) + 20,
+        sexes=np.array([0, 1, -1, 1], np.int8),
+        paths=[f"v{i}.nii.gz" for i in range(n)],
+        voxel_mm=2.0,
+        extents=np.arange(3 * n, dtype=np.int16).reshape(n, 3),
+    )
+    pick = np.array([3, 1])
+    part = full.subset(pick)
+    assert (
+        len(part) == 2
+        and part.subjects == ["s3", "s1"]
+        and part.paths == ["v3.nii.gz", "v1.nii.gz"]
+    )
+    for name in ("volumes", "masks", "affines", "ages", "sexes", "masked", "extents"):
+        assert np.array_equal(getattr(part, name), getattr(full, name)[pick]), name
+    assert part.voxel_mm == 2.0

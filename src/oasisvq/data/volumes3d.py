@@ -113,6 +113,22 @@ class VolumeSet:
         x, y, z = self.volumes.shape[1:]
         return int(x), int(y), int(z)
 
+    def subset(self, index: np.ndarray) -> VolumeSet:
+        """The volumes at ``index``, in that order, read into memory."""
+        index = np.asarray(index, np.int64)
+        return VolumeSet(
+            volumes=np.asarray(self.volumes[index]),
+            masks=np.asarray(self.masks[index]),
+            affines=np.asarray(self.affines[index]),
+            subjects=[self.subjects[i] for i in index],
+            ages=np.asarray(self.ages[index]),
+            sexes=np.asarray(self.sexes[index]),
+            paths=[self.paths[i] for i in index],
+            voxel_mm=self.voxel_mm,
+            masked=np.asarray(self.masked[index]),
+            extents=np.asarray(self.extents[index]),
+        )
+
     def to_unit(self, i: int) -> np.ndarray:
         """Volume ``i`` as ``(X, Y, Z) float32`` in [0, 1]."""
         return np.asarray(self.volumes[i], np.float32) / np.float32(255)

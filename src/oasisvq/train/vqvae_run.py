@@ -46,7 +46,7 @@ def _load_splits(data_root: str | None, data_opts: DataOptions):
     return get_split(splits, "train", data_root), splits.get("validate")
 
 
-def _data_options(model_cfg: VQVAEConfig, given: DataOptions | None) -> DataOptions:
+def data_options_for(model_cfg: VQVAEConfig, given: DataOptions | None = None) -> DataOptions:
     """The data options of a new run: slices of the model's size, or for a 3D model whole
     volumes on its voxel grid (brain masks found automatically unless ``--mask`` says)."""
     if model_cfg.dims == 2:
@@ -116,7 +116,7 @@ def train_vqvae(
                 adam_beta2=model_cfg.adam_beta2,
                 **set_,
             )
-            data_opts = _data_options(model_cfg, data_opts)
+            data_opts = data_options_for(model_cfg, data_opts)
             if model_cfg.dims == 3:  # conv3d weights have no channels_last layout
                 train_cfg = dataclasses.replace(train_cfg, channels_last=False)
         if model_cfg.dims == 2 and data_opts.size != model_cfg.image_size:
