@@ -5,7 +5,8 @@ them; one JSON result.
         --out benchmarks/results/samples-mid-transformer.json
 
 The result is ``evaluate_samples``' (``likelihood``, ``memorisation``, ``diversity``,
-``frechet``, ``conditions`` and their flat aliases) with the command and the machine.
+``frechet``, ``conditions`` and their flat aliases) with the command and the machine;
+for a run of whole volumes ``evaluate_volume_prior``'s (with conditioning fidelity).
 Figures go to ``RUN/priors/<prior>/eval-samples`` as with ``evaluate-samples``.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import oasisvq
 from benchmarks.machine import command_line, machine_info, save_result
 from oasisvq.evaluate.samples import SampleEvaluation, evaluate_samples
+from oasisvq.evaluate.samples3d import evaluate_volume_prior
 
 
 def main() -> None:
@@ -24,7 +26,7 @@ def main() -> None:
     p.add_argument("--prior", default=None, help="prior name (default: the latest trained)")
     p.add_argument("--data", default=None, help="data root (default: the run's)")
     p.add_argument("--split", default="validate")
-    p.add_argument("--n", type=int, default=1000, help="samples")
+    p.add_argument("--n", type=int, default=None, help="samples (default 1000; 64 volumes)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--guidance", type=float, default=1.0, help="conditional priors; 1 = none")
@@ -39,8 +41,11 @@ def main() -> None:
         seed=args.seed,
         precision="fp32",
     )
-    settings = SampleEvaluation(n=args.n, split=args.split, data_root=args.data)
-    result = evaluate_samples(oasisvq.load(args.run, args.device), args.prior, options, settings)
+    run = oasisvq.load(args.run, args.device)
+    n = args.n or (64 if run.dims == 3 else 1000)
+    settings = SampleEvaluation(n=n, split=args.split, data_root=args.data)
+    measure = evaluate_volume_prior if run.dims == 3 else evaluate_samples
+    result = measure(run, args.prior, options, settings)
     save_result(
         {
             "benchmark": "prior_quality",

@@ -426,9 +426,72 @@ def sampling_speed(results: Path) -> Iterator[Table]:
         )
 
 
+def volumes(results: Path) -> Iterator[Table]:
+    rs = sorted(load(results, "quality3d-*.json"), key=lambda r: r["bits_per_image"])
+    yield Table(
+        "Whole brains: how much of a held-out volume each 3D preset keeps",
+        "Each 3D preset trained with `oasisvq train` for the epochs given and measured with "
+        "`oasisvq evaluate` on the held-out subjects: SSIM-3D, MS-SSIM-3D and PSNR over the "
+        "whole cropped volume, SSIM and PSNR inside the brain mask.",
+        _sources(rs),
+        [
+            ("preset", "`{preset}`"),
+            ("grid, codes", lambda r: f"{'x'.join(map(str, r['grid']))}, {r['codebook_size']}"),
+            ("bytes/volume", "{bytes_per_image:g}"),
+            ("codes used", "{codes_used}"),
+            ("SSIM", lambda r: _pm(r["ssim_mean"], r["ssim_std"])),
+            ("MS-SSIM", "{ms_ssim_mean:.3f}"),
+            ("PSNR (dB)", "{psnr_mean:.2f}"),
+            ("SSIM / PSNR in brain", "{ssim_brain_mean:.3f} / {psnr_brain_mean:.2f}"),
+            ("epochs", "{epochs}"),
+            ("s/epoch", "{train_seconds_per_epoch:.0f}"),
+            (
+                "data, split (volumes)",
+                lambda r: f"{_data_name(r['data'])}, {r['split']} ({r['n_volumes']})",
+            ),
+        ],
+        rs,
+    )
+    samples = load(results, "samples3d-*.json")
+    yield Table(
+        "Whole brains: what a prior conditioned on age and sex generates",
+        "`oasisvq evaluate-samples` on a 3D run: NLL of the held-out code grids, samples drawn "
+        "at the ages and sexes of random training subjects, their age and sex as predicted by "
+        "a 3D network trained on the real training volumes (beside its accuracy on the real "
+        "held-out volumes, the ceiling), memorisation, diversity and the Fréchet distance in "
+        "that network's features.",
+        _sources(samples),
+        [
+            ("VQ-VAE run", lambda r: _run_label(r["setup"])),
+            ("prior", "`{setup[prior]}`"),
+            ("guidance", "{setup[sampling][guidance]:g}"),
+            ("samples", "{setup[n_samples]}"),
+            (
+                "NLL bits/volume (uniform)",
+                "{nll_bits_per_image:.0f} ({uniform_bits_per_image:.0f})",
+            ),
+            ("age r (real)", "{age_correlation:.2f} ({age_correlation_real:.2f})"),
+            ("age MAE, years (real)", "{age_mae:.1f} ({age_mae_real:.1f})"),
+            ("sex accuracy (real)", "{sex_accuracy:.2f} ({sex_accuracy_real:.2f})"),
+            ("memorised", lambda r: _share(r["memorised_share"])),
+            (
+                "diversity samples / real",
+                "{diversity_ms_ssim_samples:.3f} / {diversity_ms_ssim_real:.3f}",
+            ),
+            (
+                "FD (x real-vs-real)",
+                lambda r: _ratio(r["frechet_distance"], r["frechet_distance_real_vs_real"]),
+            ),
+            ("s to draw", "{timing[sampling_seconds]:.0f}"),
+        ],
+        samples,
+    )
+
+
 SECTIONS: tuple[Callable[[Path], Iterator[Table]], ...] = (
     quality,
     priors,
+    volumes,
     sweeps,
     blur,
     rate_distortion,

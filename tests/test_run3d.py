@@ -142,6 +142,13 @@ def test_sampling_a_conditioned_3d_prior_writes_nifti_on_the_preset_grid(
     data = np.asarray(img.dataobj, np.float32)
     assert 0 <= data.min() and data.max() <= 1 and data.std() > 0
     assert np.load(out / "codes.npy").shape == (3, 4, 4, 4)
+    # nilearn draws it in RAS: its sagittal cut at x = 0 mm is the volume's middle x slice
+    from nilearn import plotting  # a heavy import, for this check alone
+
+    display = plotting.plot_anat(str(files[0]), display_mode="ortho", cut_coords=(0, 0, 0))
+    assert set(display.axes) == {"x", "y", "z"}
+    display.close()
+    assert np.allclose(img.affine @ [7.5, 7.5, 7.5, 1], [0, 0, 0, 1])
 
 
 def test_the_sex_condition_is_checked_before_drawing(run3d: Path, tmp_path, capsys) -> None:
@@ -168,3 +175,44 @@ def test_reconstruct_one_scan_overlays_it(run3d: Path, tmp_path) -> None:
     src_centre = src.affine @ np.array([*(np.array(src.shape) - 1) / 2, 1.0])
     assert np.abs(world_centre[:3] - src_centre[:3]).max() <= 2 * 2.0
     assert np.load(out / f"{stem}_codes.npy").shape == (4, 4, 4)
+
+
+def test_evaluate_samples_of_a_3d_prior_measures_conditioning(run3d: Path, tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    args = ["evaluate-samples", str(run3d), "--n", "6", "--split", "test"]
+    assert main([*args, "--feature-epochs", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["setup"]["n_samples"] == 6 and r["setup"]["grid"] == [4, 4, 4]
+    assert r["nll_bits_per_image"] > 0 and r["uniform_bits_per_image"] == 64 * 4
+    assert 0 <= r["memorised_share"] <= 1 and r["frechet_distance"] >= 0
+    for key in ("age_correlation", "age_mae", "sex_accuracy"):
+        assert key in r and f"{key}_real" in r
+    assert 0 <= r["sex_accuracy"] <= 1 and r["age_mae"] >= 0
+    assert (run3d / "features3d").is_dir()  # the age/sex network is kept for the next call
+
+
+def test_2d_only_commands_refuse_a_3d_run_in_one_line(run3d: Path, tmp_path, capsys) -> None:
+    image = tmp_path / "slice.png"
+    image.write_bytes(b"")  # never read: the run is refused first
+    commands = [
+        ["inpaint", str(run3d), str(image), "--mask", str(image), "--out", str(tmp_path / "i")],
+        ["finetune-decoder", str(run3d), "--out", str(tmp_path / "f")],
+    ]
+    for args in commands:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "whole volumes" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "i").exists() and not (tmp_path / "f").exists()
+
+
+def test_a_mirrored_3d_prior_also_trains_on_left_right_flipped_volumes(run3d: Path) -> None:
+    options = {**PRIOR, "mirror": True}
+    train_prior(run3d, prior="transformer", name="mirrored", epochs=1, options=options)
+    run = Run.open(run3d)
+    volumes = run.split("train").volumes
+    with np.load(run3d / "priors" / "codes_train-mirrored.npz") as cached:
+        mirrored = cached["codes"]
+    assert mirrored.shape == (12, 4, 4, 4)
+    flipped = np.ascontiguousarray(volumes[:, ::-1])  # RAS: x runs left to right
+    assert np.array_equal(mirrored, run.encode(flipped).numpy())
+    assert not np.array_equal(mirrored, run.encode(np.asarray(volumes)).numpy())

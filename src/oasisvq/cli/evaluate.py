@@ -9,6 +9,7 @@ from oasisvq.cli import args as A
 from oasisvq.cli.common import add_sampling_options, print_json, sampling_options
 from oasisvq.evaluate.reconstruction import evaluate_run, reconstruct_files
 from oasisvq.evaluate.samples import SampleEvaluation, evaluate_samples
+from oasisvq.evaluate.samples3d import evaluate_volume_prior
 from oasisvq.io import run_lock
 from oasisvq.runs import Run
 
@@ -47,12 +48,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 def run_evaluate_samples(args: argparse.Namespace) -> int:
     options = sampling_options(args)
-    settings = SampleEvaluation(
-        n=args.n, split=args.split, data_root=args.data, feature_epochs=args.feature_epochs
-    )
     run = Run.open(args.run, args.device)
+    settings = SampleEvaluation(
+        n=args.n or (64 if run.dims == 3 else 1000),
+        split=args.split,
+        data_root=args.data,
+        feature_epochs=args.feature_epochs,
+    )
+    measure = evaluate_volume_prior if run.dims == 3 else evaluate_samples
     with run_lock(run.path):
-        summary = evaluate_samples(run, args.prior, options, settings, args.out, args.json)
+        summary = measure(run, args.prior, options, settings, args.out, args.json)
     print_json(summary)
     return 0
 
@@ -96,7 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=None, help="data root (default: the one the run was trained on)"
     )
-    p.add_argument("--n", type=A.count, default=1000, help="number of samples")
+    p.add_argument(
+        "--n", type=A.count, default=None, help="number of samples (default 1000; 64 volumes)"
+    )
     p.add_argument("--split", default=None, help="held-out split (default: test, else validate)")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     p.add_argument(
@@ -105,8 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--feature-epochs",
         type=A.epochs,
-        default=6,
-        help="epochs of the feature network (trained once)",
+        default=None,
+        help="epochs of the feature network (trained once; default 6, for volumes 30)",
     )
     add_sampling_options(p, "fp32")
     p.set_defaults(func=run_evaluate_samples)

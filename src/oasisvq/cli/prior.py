@@ -134,7 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--epochs", type=A.epochs, default=None, help="default: the prior's")
     p.add_argument(
-        "--condition", default=None, help="comma-separated: class, position, age (default: none)"
+        "--condition",
+        default=None,
+        help="comma-separated: class, position, age, sex (default: none)",
     )
     p.add_argument("--residual-blocks", type=A.count, default=None, help="PixelCNN residual blocks")
     p.add_argument("--head-layers", type=A.count, default=None, help="PixelCNN masked 1x1 layers")

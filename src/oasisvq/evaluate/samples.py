@@ -72,11 +72,12 @@ class SampleEvaluation:
     n: int = 1000
     split: str | None = None
     data_root: str | None = None
-    feature_epochs: int = 6
+    feature_epochs: int | None = None  # None: the feature network's own default
     candidates: int = 16
     n_pairs: int = 2000
 
 
+FEATURE_EPOCHS = 6  # of the 2D feature network
 EXACT_DECODING = SamplingOptions(precision="fp32")  # samples measured as fp32 decodes them
 
 
@@ -92,6 +93,28 @@ class Held:
     train: SliceSet
     held_codes: CodeSet
     train_codes: CodeSet
+
+
+def setup(h: Held, settings: SampleEvaluation, options: SamplingOptions) -> dict:
+    """What was measured: the run, the prior, the split, the sizes and the sampling."""
+    cfg = h.prior.cfg
+    return {
+        "run": str(h.run.path),
+        "preset": h.run.config.name,
+        "decoder_finetune": h.run.finetune,
+        "adversarial_weight": h.run.config.adversarial_weight,
+        "prior": h.name,
+        "prior_arch": cfg.arch,
+        "condition": list(cfg.condition),
+        "mirror": cfg.mirror,
+        "split": h.split,
+        "n_samples": settings.n,
+        "n_held_out": len(h.held),
+        "n_train": len(h.train),
+        "grid": list(cfg.grid),
+        "codebook_size": cfg.codebook_size,
+        "sampling": options.to_dict(),
+    }
 
 
 def open_held(run: Run, prior: str | None, split: str | None, data_root: str | None) -> Held:
@@ -365,7 +388,12 @@ def references(
     root = settings.data_root if settings.data_root is not None else run.data_root
     splits = run.splits(settings.data_root)
     fnet = feature_net(
-        run.path, root, run.saved["data"], h.train, splits.get("validate"), settings.feature_epochs
+        run.path,
+        root,
+        run.saved["data"],
+        h.train,
+        splits.get("validate"),
+        settings.feature_epochs or FEATURE_EPOCHS,
     )
     real = real_reference(
         fnet,
@@ -420,27 +448,7 @@ def evaluate_samples(
     h = open_held(run, prior, settings.split, settings.data_root)
     seed = 0 if options.seed is None else options.seed
     rng = np.random.default_rng(seed)
-    cfg = h.prior.cfg
-    result: dict = {
-        "setup": {
-            "run": str(run.path),
-            "preset": run.config.name,
-            "decoder_finetune": run.finetune,
-            "adversarial_weight": run.config.adversarial_weight,
-            "prior": h.name,
-            "prior_arch": cfg.arch,
-            "condition": list(cfg.condition),
-            "mirror": cfg.mirror,
-            "split": h.split,
-            "n_samples": settings.n,
-            "n_held_out": len(h.held),
-            "n_train": len(h.train),
-            "grid": list(cfg.grid),
-            "codebook_size": cfg.codebook_size,
-            "sampling": options.to_dict(),
-        },
-        "likelihood": likelihood(h, seed),
-    }
+    result: dict = {"setup": setup(h, settings, options), "likelihood": likelihood(h, seed)}
     refs = references(h, settings, rng, seed)
     samples, codes, cond_idx, timing = draw(h, settings.n, options, rng)
     measured, found = measure_samples(h, refs, samples, codes, cond_idx, settings, seed)

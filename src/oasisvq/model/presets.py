@@ -53,6 +53,10 @@ class VQVAEConfig:
     )
     discriminator_width: int = 16  # channels of its first level (x2 per level)
     augment: bool = False  # training volumes changed at random (data/augment.py; 3D only)
+    # the loss sees the output clamped to [0, 1], as evaluation and sampling do: outputs
+    # below 0 cost nothing, so a masked (all-zero) background comes out exactly 0 instead
+    # of as faint noise, which SSIM over a volume that is ~80% background punishes hard
+    loss_on_clamped: bool = False
 
     def __post_init__(self) -> None:
         self.volume_shape = tuple(int(v) for v in self.volume_shape)
@@ -202,6 +206,7 @@ COMPACT3D = VQVAEConfig(
     batch_size=4,
     default_epochs=40,
     augment=True,
+    loss_on_clamped=True,
 )
 
 HIFI3D = replace(

@@ -96,9 +96,10 @@ PIXELCNN_SEED = PriorConfig(
 TRANSFORMER = PriorConfig(
     name="transformer",
     arch="transformer",
-    description="GPT-style decoder over the raster-flattened grid: no blind spot, 2D position "
-    "embeddings, conditions as the start token, multi-query attention with a KV cache for "
-    "sampling; works on 8x8 and 32x32 grids; mirror=true also trains on left-right mirrored slices.",
+    description="GPT-style decoder over the raster-flattened grid: no blind spot, a position "
+    "embedding per grid axis (2D slices, 3D volumes), conditions as the start token, "
+    "multi-query attention with a KV cache for sampling; mirror=true also trains on "
+    "left-right mirrored slices.",
     d_model=128,
     n_layers=4,
     n_heads=4,

@@ -160,6 +160,11 @@ def inpaint_files(
     size; white = resample), inpaint ``n`` times with the run's prior ``prior`` (default:
     the only or newest) and write the results to ``out`` (see ``write_inpainting``; new or
     empty, or an earlier inpainting folder replaced with ``force``)."""
+    if run.dims == 3:
+        raise ConfigError(
+            f"{run.path}: a run of whole volumes; inpaint reads 2D images (for volumes, "
+            "Prior.inpaint takes a 3D code grid and a mask of its cells)"
+        )
     name = run.prior_name(prior)
     p = run.prior(name)
     image, mask = read_pair(

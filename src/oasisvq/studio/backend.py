@@ -91,6 +91,11 @@ def open_run(run_dir: str | Path, data: str | Path | None = None, device: str = 
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder")
     run = Run.open(run_dir, device)
+    if run.dims == 3:
+        raise ConfigError(
+            f"{run_dir}: a run of whole volumes; the Studio explores runs of slices (sample, "
+            "evaluate and reconstruct volumes with the commands)"
+        )
     root = str(data) if data is not None else run.data_root
     return Studio(run_dir, root, run.data_options, run)
 

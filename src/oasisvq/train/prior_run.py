@@ -141,14 +141,17 @@ def train_prior(
         return train_task(make_task, train_cfg, out, config, resume=resume)
 
 
-def add_mirrored(codes: CodeSet, run: Run, train: SliceSet) -> CodeSet:
-    """``codes`` followed by the codes of the left-right mirrored training images (cached
-    as split "train-mirrored").
+def add_mirrored(codes: CodeSet, run: Run, train: SliceSet | VolumeSet) -> CodeSet:
+    """``codes`` followed by the codes of the left-right mirrored training images or
+    volumes (cached as split "train-mirrored").
 
     A mirrored axial or coronal slice is a plausible brain in the other left-right
     convention, so this doubles the prior's training data (``mirror=true``; off by default,
     as samples then also come in both conventions). A mirrored sagittal slice faces the
     other way: for sagittal slices ``codes`` come back alone, and a line says so."""
+    if isinstance(train, VolumeSet):  # RAS: the first voxel axis runs left to right
+        flipped = dataclasses.replace(train, volumes=np.ascontiguousarray(train.volumes[:, ::-1]))
+        return codes + run.codes("train-mirrored", flipped)
     if run.data_options.axis == "sagittal":
         print("mirror: sagittal slices are not mirrored; the prior trains on them as they are")
         return codes

@@ -154,6 +154,11 @@ def finetune_decoder(
     """
     parent = Path(parent)
     parent_run = None if resume else Run.open(parent)  # a missing parent creates nothing
+    if parent_run is not None and parent_run.dims == 3 and adversarial_weight > 0:
+        raise ConfigError(
+            f"{parent}: a run of whole volumes; the patch discriminator is 2D, so fine-tune "
+            "its decoder with --adversarial-weight 0"
+        )
     names = [] if parent_run is None else _prior_names(parent_run, priors)  # nor a wrong name
     data = None if parent_run is None else parent_run.data_root
     with open_run_dir(out, resume=resume, force=force, inputs=[parent, *_inputs(data)]) as out:

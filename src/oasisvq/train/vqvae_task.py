@@ -80,6 +80,8 @@ class VQVAETask:
 
     def loss(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         recon, codes, vq_loss = model(x)
+        if self.cfg.loss_on_clamped:
+            recon = recon.clamp(0, 1)
         rec = reconstruction_loss(recon, x, self.cfg)
         self.counts = self.counts.to(codes.device)
         self.counts += torch.bincount(codes.flatten(), minlength=len(self.counts))
