@@ -24,6 +24,7 @@ from oasisvq.evaluate.volume_net import (
     load_volume_net,
     predict,
     real_ceiling,
+    settle_norm_statistics,
     train_volume_net,
     volume_net,
 )
@@ -168,6 +169,23 @@ def test_initial_weights_do_not_depend_on_what_ran_before(tmp_path: Path) -> Non
         nets.append(train_volume_net(train, None, tmp_path / str(i), **{**TINY, "epochs": 1}))
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_settled_norm_statistics_are_those_of_the_volumes() -> None:
+    torch.manual_seed(0)
+    net = VolumeNet(channels=(4, 8), pool=1)
+    vols = (torch.rand(6, 10, 10, 10) * 255).to(torch.uint8).numpy()
+    stem, norm = net.body[0], net.body[1]
+    norm.running_mean.fill_(5.0)  # stale, as after fast-moving weights
+    settle_norm_statistics(net, vols, batch_size=6)
+    assert not net.training and norm.momentum == 0.1
+    with torch.no_grad():
+        out = stem(torch.from_numpy(vols).float()[:, None] / 255 - 0.5)
+    torch.testing.assert_close(norm.running_mean, out.mean((0, 2, 3, 4)))
+    # two batches: the average of their statistics
+    settle_norm_statistics(net, vols, batch_size=3)
+    halves = (out[:3].mean((0, 2, 3, 4)) + out[3:].mean((0, 2, 3, 4))) / 2
+    torch.testing.assert_close(norm.running_mean, halves)
 
 
 def _pred(ages: list[float], p_male: list[float]) -> Predictions:
