@@ -61,13 +61,17 @@ def _to_numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(a)
 
 
-def _as_images(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    """``(N, H, W)`` or ``(N, 1, H, W)`` -> ``(N, H, W)`` float32 clipped to ``[0, 1]``."""
+_BATCH_SHAPES = {2: "(N, H, W) images", 3: "(N, X, Y, Z) volumes"}
+
+
+def _as_images(a: np.ndarray | torch.Tensor, name: str, dims: int = 2) -> np.ndarray:
+    """``(N, *S)`` or ``(N, 1, *S)`` with ``dims`` spatial axes -> ``(N, *S)`` float32
+    clipped to ``[0, 1]``."""
     arr = _to_numpy(a)
-    if arr.ndim == 4 and arr.shape[1] == 1:
+    if arr.ndim == dims + 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
-    if arr.ndim != 3:
-        raise ValueError(f"{name}: expected (N, H, W) images, got shape {arr.shape}")
+    if arr.ndim != dims + 1:
+        raise ValueError(f"{name}: expected {_BATCH_SHAPES[dims]}, got shape {arr.shape}")
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
@@ -369,16 +373,6 @@ VIEW_NAMES = ("sagittal", "coronal", "axial")
 _VIEW_INCHES = 1.7  # height of one view panel
 
 
-def _as_volumes(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    """``(N, X, Y, Z)`` or ``(N, 1, X, Y, Z)`` -> ``(N, X, Y, Z)`` float32 clipped to [0, 1]."""
-    arr = _to_numpy(a)
-    if arr.ndim == 5 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 4:
-        raise ValueError(f"{name}: expected (N, X, Y, Z) volumes, got shape {arr.shape}")
-    return np.clip(arr.astype(np.float32), 0.0, 1.0)
-
-
 def orthogonal_slices(
     volume: np.ndarray | torch.Tensor, point: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -440,7 +434,7 @@ def volume_views(
     the voxel the slices pass through (default the centre). Orientation as in
     :func:`orthogonal_slices`; each panel is titled with its view.
     """
-    vol = _as_volumes(_to_numpy(volume)[None], "volume")[0]
+    vol = _as_images(_to_numpy(volume)[None], "volume", dims=3)[0]
     views = orthogonal_slices(vol, point)
     widths, scale = _view_ratios(vol.shape)
     fig = _new_figure(sum(widths) * scale + 0.3, _VIEW_INCHES + (0.6 if title else 0.35))
@@ -484,8 +478,8 @@ def orthogonal_views_figure(
     subject's right on the image right). The difference panels share one colour
     scale, shown by a colourbar beside the first row.
     """
-    x = _as_volumes(originals, "originals")
-    r = _as_volumes(reconstructions, "reconstructions")
+    x = _as_images(originals, "originals", dims=3)
+    r = _as_images(reconstructions, "reconstructions", dims=3)
     if x.shape != r.shape:
         raise ValueError(f"originals {x.shape} and reconstructions {r.shape} differ")
     if len(x) == 0:

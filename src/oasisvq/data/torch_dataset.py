@@ -11,29 +11,17 @@ from oasisvq.data.volumes3d import VolumeSet
 
 
 class ImageDataset(Dataset):
-    """Item i: ``(1, S, S) uint8`` tensor (scaled to [0, 1] on the device, not here)."""
+    """Item i: ``(1, *S) uint8`` tensor of slice (or volume) i, scaled to [0, 1] on the
+    device, not here."""
 
-    def __init__(self, slices: SliceSet) -> None:
-        self.images = slices.images
+    def __init__(self, data: SliceSet | VolumeSet) -> None:
+        self.images = data.volumes if isinstance(data, VolumeSet) else data.images
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.from_numpy(np.array(self.images[i], np.uint8, copy=True)).unsqueeze(0)
-
-
-class VolumeDataset(Dataset):
-    """Item i: ``(1, X, Y, Z) uint8`` tensor of volume i (scaled on the device)."""
-
-    def __init__(self, volumes: VolumeSet) -> None:
-        self.volumes = volumes.volumes
-
-    def __len__(self) -> int:
-        return len(self.volumes)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.volumes[i], np.uint8, copy=True)).unsqueeze(0)
 
 
 def to_unit(batch: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from oasisvq import metrics
 from oasisvq.data.nifti import write_nifti
-from oasisvq.data.volumes import find_volumes
+from oasisvq.data.volumes import find_volumes, volume_stem
 from oasisvq.data.volumes3d import VolumeSet, prepare_volume
 from oasisvq.errors import DataError
 from oasisvq.figures import orthogonal_views_figure, volume_views
@@ -96,7 +96,7 @@ def reconstruct_volume_files(
         volumes=np.stack([v for v, _, _ in prepared]),
         masks=np.stack([m for _, m, _ in prepared]),
         affines=np.stack([a for _, _, a in prepared]),
-        subjects=[_stem(p) for p in files],
+        subjects=[volume_stem(p) or p.stem for p in files],
         ages=np.full(len(files), np.nan, np.float32),
         sexes=np.full(len(files), -1, np.int8),
         paths=[str(p) for p in files],
@@ -112,11 +112,3 @@ def reconstruct_volume_files(
         volume_views(r["recon"][i], out / f"{stem}_recon.png", title=f"{stem} reconstruction")
         atomic_write(out / f"{stem}_codes.npy", lambda t, c=r["codes"][i]: np.save(t.open("wb"), c))
     return summary
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".hdr", ".img"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

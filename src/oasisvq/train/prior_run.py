@@ -37,7 +37,7 @@ def _fill_from_data(cfg: PriorConfig, run: Run, train: SliceSet | VolumeSet) -> 
         "grid": run.config.grid_shape,
     }
     volumes = isinstance(train, VolumeSet)
-    if "sex" in cfg.condition and (volumes and (train.sexes < 0).all() or not volumes):
+    if "sex" in cfg.condition and not (volumes and (train.sexes >= 0).any()):
         raise ConfigError(
             "--condition sex: the data gives no sex (volumes with a participants.csv sex column)"
         )

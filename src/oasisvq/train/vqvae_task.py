@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from oasisvq import metrics
 from oasisvq.data.augment import VolumeAugment
 from oasisvq.data.slices import SliceSet
-from oasisvq.data.torch_dataset import ImageDataset, VolumeDataset, to_unit
+from oasisvq.data.torch_dataset import ImageDataset, to_unit
 from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.errors import ConfigError
 from oasisvq.model.discriminator import hinge_losses
@@ -63,8 +63,7 @@ class VQVAETask:
                 "adversarial training runs in one process: the discriminator is not part of "
                 "the forward pass whose gradients DistributedDataParallel reduces"
             )
-        volumes = self.cfg.dims == 3
-        self.train_set = VolumeDataset(train) if volumes else ImageDataset(train)
+        self.train_set = ImageDataset(train)
         self.augment = VolumeAugment() if self.cfg.augment else None
         self.val = val
         self.batch_size = batch_size
