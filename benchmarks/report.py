@@ -191,7 +191,7 @@ def priors(results: Path) -> Iterator[Table]:
         [
             ("VQ-VAE run", lambda r: _run_label(r["setup"])),
             ("prior", "`{setup[prior]}`"),
-            ("condition", lambda r: ", ".join(r["setup"]["condition"]) or "none"),
+            ("condition", _condition),
             ("guidance", "{setup[sampling][guidance]:g}"),
             (
                 "NLL bits/image (uniform)",
@@ -212,6 +212,16 @@ def priors(results: Path) -> Iterator[Table]:
         ],
         rs,
     )
+
+
+def _condition(r: dict) -> str:
+    """The conditions and, for transformers, where they enter (results written before
+    ``cond_at`` existed had them in the start token only)."""
+    setup = r["setup"]
+    names = ", ".join(setup["condition"]) or "none"
+    if not setup["condition"] or setup.get("prior_arch") == "pixelcnn":
+        return names
+    return f"{names} (at {setup.get('cond_at') or 'start'})"
 
 
 def _wrong_condition(r: dict) -> str:
@@ -409,7 +419,10 @@ def sampling_speed(results: Path) -> Iterator[Table]:
                 ("grid, codes", "{grid}, {codebook_size}"),
                 ("mode", "{mode}"),
                 ("decoder", "`{vqvae}`"),
-                ("decoding", "{decode_precision}"),
+                (
+                    "drawing / decoding",
+                    lambda x: f"{x.get('draw_precision', 'fp32')} / {x['decode_precision']}",
+                ),
                 ("images", "{n}"),
                 ("sampling s", "{sample_seconds:.2f}"),
                 ("decoding s", "{decode_seconds:.2f}"),
@@ -459,11 +472,15 @@ def volumes(results: Path) -> Iterator[Table]:
         "at the ages and sexes of random training subjects, their age and sex as predicted by "
         "a 3D network trained on the real training volumes (beside its accuracy on the real "
         "held-out volumes, the ceiling), memorisation, diversity and the Fréchet distance in "
-        "that network's features.",
+        "that network's features. In brackets: memorisation measured among reconstructions "
+        "(samples against decoded training volumes, threshold from decoded held-out ones) "
+        "and the diversity of the held-out volumes' reconstructions, the decoder's own "
+        "smoothing taken out.",
         _sources(samples),
         [
             ("VQ-VAE run", lambda r: _run_label(r["setup"])),
             ("prior", "`{setup[prior]}`"),
+            ("condition", _condition),
             ("guidance", "{setup[sampling][guidance]:g}"),
             ("samples", "{setup[n_samples]}"),
             (
@@ -473,11 +490,8 @@ def volumes(results: Path) -> Iterator[Table]:
             ("age r (real)", "{age_correlation:.2f} ({age_correlation_real:.2f})"),
             ("age MAE, years (real)", "{age_mae:.1f} ({age_mae_real:.1f})"),
             ("sex accuracy (real)", "{sex_accuracy:.2f} ({sex_accuracy_real:.2f})"),
-            ("memorised", lambda r: _share(r["memorised_share"])),
-            (
-                "diversity samples / real",
-                "{diversity_ms_ssim_samples:.3f} / {diversity_ms_ssim_real:.3f}",
-            ),
+            ("memorised (recon. space)", _memorised3d),
+            ("diversity samples / real (recon.)", _diversity3d),
             (
                 "FD (x real-vs-real)",
                 lambda r: _ratio(r["frechet_distance"], r["frechet_distance_real_vs_real"]),
@@ -486,6 +500,17 @@ def volumes(results: Path) -> Iterator[Table]:
         ],
         samples,
     )
+
+
+def _memorised3d(r: dict) -> str:
+    recon = r["memorisation"].get("memorised_share_recon_space")
+    return _share(r["memorised_share"]) + ("" if recon is None else f" ({_share(recon)})")
+
+
+def _diversity3d(r: dict) -> str:
+    d = r["diversity"]
+    out = f"{d['samples']:.3f} / {d['real']:.3f}"
+    return out + (f" ({d['real_reconstructions']:.3f})" if "real_reconstructions" in d else "")
 
 
 SECTIONS: tuple[Callable[[Path], Iterator[Table]], ...] = (

@@ -10,11 +10,13 @@ into ``$OASISVQ_TEST_PROBE``:
 * ``rank-<rank>.pt``   its model state, world size and per-process batch after training.
 
 ``OASISVQ_TEST_STEP_DELAY`` (seconds) slows every training step, so a test can kill a
-run mid-epoch.
+run mid-epoch. ``OASISVQ_TEST_MODEL`` (JSON) overrides fields of the preset, e.g. a tiny
+3D network.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -75,6 +77,13 @@ def main() -> int:
         return history
 
     engine.Engine.fit = recording_fit
+
+    if overrides := json.loads(os.environ.get("OASISVQ_TEST_MODEL", "{}")):
+        from oasisvq.train import vqvae_run
+
+        get_preset = vqvae_run.get_preset
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        vqvae_run.get_preset = lambda name, **kw: get_preset(name, **{**kw, **overrides})
 
     from oasisvq.cli import main as cli_main
 

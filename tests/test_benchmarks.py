@@ -49,3 +49,24 @@ def test_commands_are_shown_as_run_from_the_repository_root() -> None:
         "/usr/bin/python3 benchmarks/fd_blur.py --run /srv/runs/m1 --data ../x/data/oasis --n 2"
     )
     assert shown == "python -m benchmarks.fd_blur --run runs/m1 --data ~/data/oasis --n 2"
+
+
+def test_sampling_speed_runs_and_times_a_masked_prior_in_each_precision(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "speed.json"
+    args = ["--threads", "1", "--n8", "4", "--n8-naive", "2", "--skip32"]
+    args += ["--priors", "transformer,maskgit", "--steps", "2", "--out", str(out)]
+    subprocess.run([sys.executable, "-m", "benchmarks.sampling_speed", *args], cwd=ROOT, check=True)
+    rows = json.loads(out.read_text())["results"]
+    got = {(r["prior"], r["draw_precision"], r["decode_precision"]) for r in rows}
+    assert got == {
+        ("transformer", "fp32", "fp32"),
+        ("transformer", "fp32", "bf16"),  # autoregressive priors draw in fp32 only
+        ("maskgit", "fp32", "fp32"),
+        ("maskgit", "bf16", "bf16"),
+    }
+    assert all(r["n"] == 4 and r["images_per_second"] > 0 for r in rows)
+    assert (tmp_path / "speed.png").is_file()

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from conftest import write_tree
 from safetensors.torch import load_file
+from volume_toy import TINY3D, write_brains
 
 from oasisvq.runs import checkpoint
 
@@ -174,6 +175,39 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
             "lr",
         ):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_3d_preset_trains_on_two_processes_as_on_one(tmp_path: Path) -> None:
+    """Whole volumes (a tiny ``compact3d``, augmentation off so both runs see the same
+    volumes): the ranks hold one model and one codebook, and two processes with half the
+    batch each follow one process with the whole batch."""
+    root = tmp_path / "brains"
+    write_brains(root, n_train=8, n_validate=2)
+    model = json.dumps({**TINY3D, "augment": False})
+    args = ["train", "--data", str(root), "--preset", "compact3d", "--batch-size", "4"]
+    args += ["--epochs", "2", "--amp", "off", "--device", "cpu", "--seed", "0"]
+    cache = tmp_path / "cache"
+    runs = {}
+    for name, cmd in (("one", _one), ("two", lambda a: _torchrun(2, a))):
+        log = tmp_path / f"{name}.log"
+        env = _env(tmp_path / f"p-{name}", cache, OASISVQ_TEST_MODEL=model)
+        runs[name] = (_start(cmd([*args, "--out", str(tmp_path / name)]), env, log), log)
+    for proc, log in runs.values():
+        _finish(proc, log)
+    r0, r1 = _rank_state(tmp_path / "p-two", 0), _rank_state(tmp_path / "p-two", 1)
+    single = _rank_state(tmp_path / "p-one", 0)
+    assert (r0["world_size"], r0["rank_batch"], single["rank_batch"]) == (2, 2, 4)
+    for name, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][name]), f"{name} differs between rank 0 and rank 1"
+    q = "quantizer."
+    assert torch.equal(r0["state"][q + "ema_count"], single["state"][q + "ema_count"])
+    saved = json.loads((tmp_path / "two" / "config.json").read_text())["model"]
+    assert saved["dims"] == 3 and saved["volume_shape"] == [16, 16, 16]
+    h1 = json.loads((tmp_path / "one" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert [r["epoch"] for r in h2] == [1, 2]
+    for a, b in zip(h1, h2, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
 
 
 def test_killed_distributed_run_resumes_with_another_process_count(

@@ -16,6 +16,7 @@ from oasisvq.prior.base import SamplingOptions, make_cond
 from oasisvq.prior.data import CodeSet
 from oasisvq.prior.maskgit import MaskGITPrior, auto_patch, patchify, unpatchify
 from oasisvq.prior.registry import PRIORS, build_prior, get_prior_config
+from oasisvq.prior.sampling import drawing_precision, sample_codes
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.prior_run import train_prior_on_codes
 from oasisvq.train.prior_task import evaluate_nll, nll_per_image
@@ -84,6 +85,28 @@ def test_learns_the_pattern_and_samples_it_in_parallel_steps(trained: MaskGITPri
     assert _valid(one) < 0.05
     assert _valid(eight) > 0.75
     assert _valid(each) > 0.9
+
+
+def test_a_masked_prior_draws_in_bf16_when_asked_and_still_follows_the_pattern(
+    trained: MaskGITPrior,
+) -> None:
+    cpu = torch.device("cpu")
+    transformer = build_prior(
+        dataclasses.replace(PRIORS["transformer"], codebook_size=K, grid=GRID)
+    )
+    for prior, precision, bf16 in (
+        (trained, "bf16", True),
+        (trained, "fp32", False),
+        (transformer, "bf16", False),  # one-cell steps gain nothing from bf16
+    ):
+        with drawing_precision(prior, precision, cpu):
+            on = (
+                torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            )
+        assert on == bf16, (type(prior).__name__, precision)
+    codes = sample_codes(trained, 256, None, SamplingOptions(precision="bf16", seed=0))
+    assert _valid(codes) > 0.75
 
 
 def test_guidance_shifts_samples_towards_the_condition(trained: MaskGITPrior) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from oasisvq.errors import ConfigError
-from oasisvq.prior.base import SamplingOptions, guide, make_cond, pick
+from oasisvq.prior.base import Draw, SamplingOptions, guide, inverse_cdf, make_cond, pick
+from oasisvq.prior.config import PriorConfig
 from oasisvq.prior.pixelcnn import MaskedConv2d, PixelCNN
 from oasisvq.prior.registry import PRIORS, build_prior, get_prior_config
 from oasisvq.prior.sampling import sample_codes
@@ -86,10 +87,11 @@ def test_transformer_is_causal_without_blind_spot(kv_heads: int) -> None:
     assert (dep[~future] > 0).all(), "some earlier cell is not seen"
 
 
-@pytest.mark.parametrize("condition", [(), ("class", "position", "age")])
+@pytest.mark.parametrize("condition", [(), ("class", "position", "age", "sex")])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("cond_at", ["start", "every"])
 def test_kv_cache_gives_the_logits_of_a_full_pass(
-    condition: tuple[str, ...], kv_heads: int
+    condition: tuple[str, ...], kv_heads: int, cond_at: str
 ) -> None:
     cfg = dataclasses.replace(
         get_prior_config(
@@ -99,6 +101,7 @@ def test_kv_cache_gives_the_logits_of_a_full_pass(
             n_heads=4,
             n_kv_heads=kv_heads,
             condition=condition,
+            cond_at=cond_at,
         ),
         codebook_size=7,
         grid=(4, 6),
@@ -113,11 +116,47 @@ def test_kv_cache_gives_the_logits_of_a_full_pass(
         "class": torch.tensor([0, 2, -1]),
         "position": torch.tensor([0.1, float("nan"), 0.7]).double(),
         "age": torch.tensor([60.0, 80.0, float("nan")]).double(),
+        "sex": torch.tensor([1, -1, 0]),
     }
     full = model(codes, cond)
     cached = model.forward_cached(codes, cond)
     assert full.shape == cached.shape == (3, 4, 6, 7)
     torch.testing.assert_close(cached, full, atol=1e-10, rtol=1e-10)
+
+
+def test_cond_at_every_feeds_the_condition_to_every_cell() -> None:
+    """With attention switched off (zeroed value projections), a cell sees the condition
+    only through its own input: "every" lets every cell's logits depend on it, "start"
+    only the first cell's."""
+    logits = {}
+    for cond_at in ("start", "every"):
+        cfg = dataclasses.replace(
+            get_prior_config(
+                "transformer", d_model=16, n_layers=1, condition="sex", cond_at=cond_at
+            ),
+            codebook_size=5,
+            grid=(2, 3),
+        )
+        torch.manual_seed(0)
+        model = build_prior(cfg).eval()
+        for name, p in model.named_parameters():
+            if "attn" in name:
+                p.data.zero_()
+        codes = torch.zeros(2, 2, 3, dtype=torch.long)
+        logits[cond_at] = model(codes, {"sex": torch.tensor([0, 1])})
+    moved = {k: (v[0] - v[1]).abs().flatten(1, 2).amax(-1) for k, v in logits.items()}
+    assert (moved["every"] > 1e-4).all()
+    assert moved["start"][0] > 1e-4 and (moved["start"][1:] == 0).all()
+
+
+def test_cond_at_is_checked_and_old_priors_read_as_start() -> None:
+    saved = get_prior_config("transformer").to_dict()
+    del saved["cond_at"]  # a prior saved before the option existed
+    assert PriorConfig.from_dict(saved).cond_at == "start"
+    with pytest.raises(ConfigError, match="cond_at='all'"):
+        PriorConfig.from_dict({**saved, "cond_at": "all"})
+    with pytest.raises(ConfigError, match="cond_at='all'"):
+        get_prior_config("transformer", cond_at="all")
 
 
 def test_kv_cache_fp32() -> None:
@@ -240,6 +279,37 @@ def test_pick_temperature_and_top_k() -> None:
     freq = torch.bincount(pick(small, 1.0, generator=g), minlength=4).float() / 40000
     torch.testing.assert_close(freq, small[0].softmax(-1), atol=0.01, rtol=0)
     assert freq[3] == 0
+
+
+def test_two_level_draw_follows_the_probabilities_and_skips_zeros() -> None:
+    """K = 512: the block-then-code draw (CDF_BLOCK) gives each code its probability,
+    never a code of probability 0 (whole empty blocks and single empty codes), and the
+    code the one-level inverse CDF gives for the same uniform."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(512, generator=g) ** 4
+    probs[64:96] = 0  # an empty block
+    probs[100] = probs[127] = probs[128] = 0  # empty codes at block edges
+    probs[511] = 0
+    n = 200_000
+    drawn = inverse_cdf(probs.repeat(n, 1), torch.Generator().manual_seed(4))
+    freq = torch.bincount(drawn, minlength=512).double() / n
+    assert freq[probs == 0].sum() == 0
+    torch.testing.assert_close(freq, (probs / probs.sum()).double(), atol=2e-3, rtol=0)
+    # the same uniforms through the one-level inverse CDF
+    rows = probs.repeat(1000, 1)
+    u = torch.rand(1000, 1, generator=torch.Generator().manual_seed(5))
+    cdf = rows.cumsum(-1)
+    expected = torch.searchsorted(cdf, u * cdf[:, -1:], side="right").squeeze(1)
+    got = inverse_cdf(rows, torch.Generator().manual_seed(5))
+    assert (got == expected).float().mean() > 0.99  # rounding may move a boundary draw
+
+
+def test_pick_with_logp_returns_the_log_probability_of_the_drawn_code() -> None:
+    logits = torch.randn(64, 256, generator=torch.Generator().manual_seed(6)) * 3
+    for draw in (Draw(generator=torch.Generator().manual_seed(7)), Draw(0.5, 10)):
+        codes, logp = draw.pick_with_logp(logits)
+        expected = logits.log_softmax(-1).gather(1, codes[:, None])[:, 0]
+        torch.testing.assert_close(logp, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_registry_errors() -> None:

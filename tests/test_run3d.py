@@ -21,9 +21,9 @@ from oasisvq.model.networks import VoxelShuffle
 from oasisvq.model.presets import PRESETS, get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.base import SamplingOptions
-from oasisvq.prior.config import get_prior_config
+from oasisvq.prior.config import PRIORS, get_prior_config
 from oasisvq.prior.registry import build_prior
-from oasisvq.train.prior_run import train_prior
+from oasisvq.train.prior_run import VOLUME_BATCH, train_prior
 from oasisvq.train.vqvae_run import train_vqvae
 
 PRIOR = {"d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8}
@@ -185,6 +185,12 @@ def test_evaluate_samples_of_a_3d_prior_measures_conditioning(run3d: Path, tmp_p
     assert r["setup"]["n_samples"] == 6 and r["setup"]["grid"] == [4, 4, 4]
     assert r["nll_bits_per_image"] > 0 and r["uniform_bits_per_image"] == 64 * 4
     assert 0 <= r["memorised_share"] <= 1 and r["frechet_distance"] >= 0
+    mem, div = r["memorisation"], r["diversity"]
+    assert 0 <= mem["memorised_share_recon_space"] <= 1
+    assert 0 <= mem["exact_code_copy_share"] <= 1
+    assert 0 < div["real_reconstructions"] <= 1
+    # the decoded held-out volumes are cached beside their codes for the next call
+    assert (run3d / "priors" / "recon_test.npz").is_file()
     for key in ("age_correlation", "age_mae", "sex_accuracy"):
         assert key in r and f"{key}_real" in r
     assert 0 <= r["sex_accuracy"] <= 1 and r["age_mae"] >= 0
@@ -207,7 +213,10 @@ def test_2d_only_commands_refuse_a_3d_run_in_one_line(run3d: Path, tmp_path, cap
 
 def test_a_mirrored_3d_prior_also_trains_on_left_right_flipped_volumes(run3d: Path) -> None:
     options = {**PRIOR, "mirror": True}
+    del options["batch_size"]  # the default of a 3D run: at most VOLUME_BATCH grids
     train_prior(run3d, prior="transformer", name="mirrored", epochs=1, options=options)
+    saved = json.loads((run3d / "priors" / "mirrored" / "config.json").read_text())
+    assert saved["train"]["batch_size"] == VOLUME_BATCH < PRIORS["transformer"].batch_size
     run = Run.open(run3d)
     volumes = run.split("train").volumes
     with np.load(run3d / "priors" / "codes_train-mirrored.npz") as cached:

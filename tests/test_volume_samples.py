@@ -122,9 +122,12 @@ def test_pairs_are_bounded_and_seeded() -> None:
 def test_evaluate_volume_samples_uses_the_2d_keys() -> None:
     train, held = _blobs(10, seed=10), _blobs(4, seed=11)
     samples = np.concatenate([train[:2], _noise(2, seed=12)])[:, None]  # (N, 1, X, Y, Z)
-    out = V.evaluate_volume_samples(samples, train, held, n_pairs=6, held_reconstructions=held)
+    recon = {"train": train, "held": held}  # a lossless autoencoder
+    out = V.evaluate_volume_samples(samples, train, held, n_pairs=6, reconstructions=recon)
     assert set(out["diversity"]) == {"metric", "samples", "real", "real_reconstructions"}
     assert out["diversity"]["real_reconstructions"] == out["diversity"]["real"]
+    mem = out["memorisation"]
+    assert mem["memorised_share_recon_space"] == mem["memorised_share"]
     assert out["memorisation"]["memorised_share"] == pytest.approx(0.5)
     flat = {
         "nn_ssim_mean",
@@ -146,3 +149,20 @@ def test_volume_shapes_are_validated() -> None:
         V.volume_memorisation(train[:, :15], train, train)
     with pytest.raises(ValueError, match="held-out"):
         V.volume_memorisation(train, train, train[:0])
+
+
+def _blur(volumes: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(volumes).float()[:, None]
+    return torch.nn.functional.avg_pool3d(x, 3, 1, 1, count_include_pad=False)[:, 0].numpy()
+
+
+def test_copies_of_decoded_training_volumes_count_in_reconstruction_space() -> None:
+    """A sample that decodes a training volume's codes is the training volume's
+    reconstruction, not the volume: only the reconstruction-space search sees it as a copy."""
+    train, held = _blobs(10, seed=13), _blobs(4, seed=14)
+    recon = {"train": _blur(train) / 255, "held": _blur(held) / 255}
+    samples = np.concatenate([recon["train"][:3], _noise(1, seed=15) / 255.0])
+    mem, _ = V.volume_memorisation(samples, train, held, reconstructions=recon)
+    assert mem["memorised_share_recon_space"] == pytest.approx(0.75)
+    assert mem["nn_ssim_real_p99_recon_space"] < 1.0
+    assert mem["nn_ssim_mean_recon_space"] > mem["nn_ssim_mean"]

@@ -161,7 +161,7 @@ def add_sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
         "--precision",
         default=precision,
         choices=PRECISIONS,
-        help=f"decoding precision (default {precision}; auto: bf16 where native)",
+        help=f"decoder and maskgit precision (default {precision}; auto: bf16 where native)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 

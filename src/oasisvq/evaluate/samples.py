@@ -106,6 +106,7 @@ def setup(h: Held, settings: SampleEvaluation, options: SamplingOptions) -> dict
         "prior": h.name,
         "prior_arch": cfg.arch,
         "condition": list(cfg.condition),
+        "cond_at": cfg.cond_at if cfg.arch != "pixelcnn" and cfg.condition else None,
         "mirror": cfg.mirror,
         "split": h.split,
         "n_samples": settings.n,
@@ -215,6 +216,19 @@ def reconstructions(h: Held, split: str, codes: CodeSet) -> np.ndarray:
     return images
 
 
+def code_copy_shares(h: Held, codes: torch.Tensor) -> dict[str, float]:
+    """Shares of samples' and of held-out code grids that equal a training grid exactly."""
+    train_grids = {g.tobytes() for g in h.train_codes.codes.astype(np.int16)}
+
+    def copies(grids: np.ndarray) -> float:
+        return float(np.mean([g.tobytes() in train_grids for g in grids.astype(np.int16)]))
+
+    return {
+        "exact_code_copy_share": copies(np.asarray(codes)),
+        "held_out_exact_code_copy_share": copies(h.held_codes.codes),
+    }
+
+
 def memorisation(
     h: Held,
     samples: np.ndarray,
@@ -229,11 +243,6 @@ def memorisation(
     rnn_idx, rnn_ssim = nearest_neighbours(samples, recon["train"], candidates)
     _, rreal_ssim = nearest_neighbours(recon["held"], recon["train"], candidates)
     threshold = float(np.percentile(rreal_ssim, 99))
-    train_grids = {g.tobytes() for g in h.train_codes.codes.astype(np.int16)}
-
-    def copies(grids: np.ndarray) -> float:
-        return float(np.mean([g.tobytes() in train_grids for g in grids.astype(np.int16)]))
-
     out = {
         "nn_ssim_mean": float(nn_ssim.mean()),
         "nn_ssim_median": float(np.median(nn_ssim)),
@@ -244,8 +253,7 @@ def memorisation(
         "nn_ssim_real_mean_recon_space": float(rreal_ssim.mean()),
         "nn_ssim_real_p99_recon_space": threshold,
         "memorised_share_recon_space": float((rnn_ssim > threshold).mean()),
-        "exact_code_copy_share": copies(codes.numpy()),
-        "held_out_exact_code_copy_share": copies(h.held_codes.codes),
+        **code_copy_shares(h, codes),
     }
     found = {"idx": nn_idx, "ssim": nn_ssim, "recon_idx": rnn_idx, "recon_ssim": rnn_ssim}
     return out, found

@@ -30,9 +30,11 @@ from oasisvq.evaluate.samples import (
     EXACT_DECODING,
     FLAT_KEYS,
     SampleEvaluation,
+    code_copy_shares,
     draw,
     likelihood,
     open_held,
+    reconstructions,
     setup,
 )
 from oasisvq.evaluate.volume_net import (
@@ -82,11 +84,21 @@ def evaluate_volume_prior(
     rng = np.random.default_rng(seed)
     cfg = h.prior.cfg
     result: dict = {"setup": setup(h, settings, options), "likelihood": likelihood(h, seed)}
-    samples, _, cond_idx, timing = draw(h, settings.n, options, rng)
+    samples, codes, cond_idx, timing = draw(h, settings.n, options, rng)
+    recon = {
+        "train": reconstructions(h, "train", h.train_codes),
+        "held": reconstructions(h, h.split, h.held_codes),
+    }
     measured = evaluate_volume_samples(
-        samples, h.train.volumes, h.held.volumes, n_pairs=min(settings.n_pairs, 200), seed=seed
+        samples,
+        h.train.volumes,
+        h.held.volumes,
+        n_pairs=min(settings.n_pairs, 200),
+        seed=seed,
+        reconstructions=recon,
     )
-    result["memorisation"], result["diversity"] = measured["memorisation"], measured["diversity"]
+    result["memorisation"] = {**measured["memorisation"], **code_copy_shares(h, codes)}
+    result["diversity"] = measured["diversity"]
     train, validate = _arrays(h.train), _arrays(run.split("validate", settings.data_root))
     kw = {} if settings.feature_epochs is None else {"epochs": settings.feature_epochs}
     key = data_key(train, validate, kw)

@@ -157,12 +157,18 @@ def volume_memorisation(
     train: np.ndarray | Tensor,
     held: np.ndarray | Tensor,
     candidates: int = CANDIDATES,
+    reconstructions: dict[str, np.ndarray | Tensor] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Nearest training volumes of the samples against those of the held-out volumes.
 
     samples ``(n, X, Y, Z)``, train ``(N, X, Y, Z)``, held ``(m, X, Y, Z)``. Returns the
     ``memorisation`` section (keys as in 2D) and the neighbours found, ``{"idx": (n,)
-    training indices, "ssim": (n,)}`` (for figures)."""
+    training indices, "ssim": (n,)}`` (for figures).
+
+    reconstructions: ``{"train": (N, ...), "held": (m, ...)}``, the volumes passed through
+    the autoencoder. With them the same search runs in reconstruction space (keys
+    ``*_recon_space``), where samples and references share the decoder's smoothing: a
+    smooth decoder alone raises a sample's SSIM to raw training volumes."""
     _same_shape(samples=samples, train=train, held=held)
     if len(held) == 0:
         raise ValueError("no held-out volumes: the memorisation threshold needs some")
@@ -176,6 +182,20 @@ def volume_memorisation(
         "nn_ssim_real_p99": threshold,
         "memorised_share": float((nn_ssim > threshold).mean()),
     }
+    if reconstructions is not None:
+        recon_train, recon_held = reconstructions["train"], reconstructions["held"]
+        _same_shape(samples=samples, train_reconstructions=recon_train, held=recon_held)
+        _, rnn_ssim = nearest_volumes(samples, recon_train, candidates)
+        _, rreal_ssim = nearest_volumes(recon_held, recon_train, candidates)
+        rthreshold = float(np.percentile(rreal_ssim, 99))
+        out.update(
+            {
+                "nn_ssim_mean_recon_space": float(rnn_ssim.mean()),
+                "nn_ssim_real_mean_recon_space": float(rreal_ssim.mean()),
+                "nn_ssim_real_p99_recon_space": rthreshold,
+                "memorised_share_recon_space": float((rnn_ssim > rthreshold).mean()),
+            }
+        )
     return out, {"idx": nn_idx, "ssim": nn_ssim}
 
 
@@ -208,12 +228,13 @@ def evaluate_volume_samples(
     candidates: int = CANDIDATES,
     n_pairs: int = N_PAIRS,
     seed: int = 0,
-    held_reconstructions: np.ndarray | Tensor | None = None,
+    reconstructions: dict[str, np.ndarray | Tensor] | None = None,
 ) -> dict:
     """Memorisation and diversity of sampled volumes against real ones.
 
     samples ``(n, X, Y, Z)``, train ``(N, X, Y, Z)``, held ``(m, X, Y, Z)`` (and
-    optionally ``held_reconstructions (m, X, Y, Z)``): uint8, or float in [0, 1]. Returns
+    optionally ``reconstructions``: ``{"train", "held"}`` of the same shapes, see
+    :func:`volume_memorisation`): uint8, or float in [0, 1]. Returns
     ``{"setup", "memorisation", "diversity"}`` sections as in
     :func:`oasisvq.evaluate.samples.evaluate_samples` plus its top-level aliases of those
     sections (``VOLUME_FLAT_KEYS``: ``nn_ssim_mean``, ``memorised_share``,
@@ -231,8 +252,10 @@ def evaluate_volume_samples(
             "n_pairs": n_pairs,
             "seed": seed,
         },
-        "memorisation": volume_memorisation(samples, train, held, candidates)[0],
-        "diversity": volume_diversity(samples, held, n_pairs, seed, held_reconstructions),
+        "memorisation": volume_memorisation(samples, train, held, candidates, reconstructions)[0],
+        "diversity": volume_diversity(
+            samples, held, n_pairs, seed, (reconstructions or {}).get("held")
+        ),
     }
     result.update({alias: result[s][k] for alias, (s, k) in VOLUME_FLAT_KEYS.items()})
     return result

@@ -17,6 +17,7 @@ from oasisvq.errors import ConfigError
 
 CONDITIONS = ("class", "position", "age", "sex")
 SEXES = ("F", "M")  # the "sex" condition's values 0 and 1
+COND_AT = ("start", "every")
 
 
 @dataclass
@@ -50,6 +51,10 @@ class PriorConfig:
     cond_dropout: float = (
         0.1  # training: share of examples whose condition is replaced by "unknown"
     )
+    # transformer and maskgit: "start" = the condition is the first token only; "every" =
+    # also added to every token's input, so each prediction sees it directly rather than
+    # through attention (the pixelcnn adds it in every layer anyway)
+    cond_at: str = "start"
     # --- training defaults (TrainConfig fields)
     epochs: int = 30
     batch_size: int = 64
@@ -61,6 +66,10 @@ class PriorConfig:
     class_names: tuple[str, ...] = ()
     age_mean: float = 0.0
     age_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cond_at not in COND_AT:
+            raise ConfigError(f"cond_at={self.cond_at!r}: choose from {', '.join(COND_AT)}")
 
     @property
     def cells(self) -> int:
@@ -97,13 +106,14 @@ TRANSFORMER = PriorConfig(
     name="transformer",
     arch="transformer",
     description="GPT-style decoder over the raster-flattened grid: no blind spot, a position "
-    "embedding per grid axis (2D slices, 3D volumes), conditions as the start token, "
-    "multi-query attention with a KV cache for sampling; mirror=true also trains on "
-    "left-right mirrored slices.",
+    "embedding per grid axis (2D slices, 3D volumes), conditions as the start token and "
+    "added to every cell's input (cond_at=every), multi-query attention with a KV cache for "
+    "sampling; mirror=true also trains on left-right mirrored slices.",
     d_model=128,
     n_layers=4,
     n_heads=4,
     n_kv_heads=1,
+    cond_at="every",
     dropout=0.1,
     epochs=60,
     batch_size=64,
@@ -127,6 +137,7 @@ PRIORS: dict[str, PriorConfig] = {
             TRANSFORMER,
             name="maskgit",
             arch="maskgit",
+            cond_at="start",  # at most 64 tokens, each attending to the condition token
             description="MaskGIT: bidirectional transformer trained to predict masked cells "
             "(cosine masking schedule), sampled in `steps` parallel steps (default 8) by "
             "confidence; inpaints any cells given the others; the transformer's layers, "

@@ -2,8 +2,9 @@
 predicts masked cells from all the others, sampled in a few parallel steps.
 
     codes (B, *grid), masked cells = K -> tokens of p**ndim cells (sum of one embedding per
-    cell of the token) + position -> [condition token, tokens] -> n_layers x [bidirectional
-    attention, MLP] -> ln -> per-cell features -> linear -> logits (B, *grid, K)
+    cell of the token) + position (+ condition, cond_at="every") -> [condition token,
+    tokens] -> n_layers x [bidirectional attention, MLP] -> ln -> per-cell features
+    -> linear -> logits (B, *grid, K)
 
 Grids of any number of axes (2D ``(h, w)``, 3D ``(d, h, w)``) are flattened in C order;
 the position of a token is the sum of one learnt embedding per axis. A token holds a
@@ -159,6 +160,8 @@ class MaskGITPrior(Prior):
         x = F.embedding_bag(cells.reshape(-1, self.slots), self.tok.weight, mode="sum")
         x = x.view(b, -1, self.cfg.d_model) + self.positions()
         start = self.cond(cond, b)[:, None].to(x.dtype)
+        if self.cfg.cond_at == "every":
+            x = x + start
         x = self.drop(torch.cat([start, x], 1))
         for block in self.blocks:
             x = block(x)
@@ -264,17 +267,15 @@ class MaskGITPrior(Prior):
         codes, confidence = [], []
         for i in range(0, feats.shape[1], DRAW_CHUNK):
             logits = batch.logits(self.head(feats[:, i : i + DRAW_CHUNK]).flatten(0, 1)).float()
-            codes.append(draw.pick(logits))
-            confidence.append(self._confidence(logits, codes[-1], anneal, draw.generator))
+            drawn, logp = draw.pick_with_logp(logits)
+            codes.append(drawn)
+            confidence.append(self._confidence(logp, anneal, draw.generator))
         return torch.cat(codes), torch.cat(confidence)
 
-    def _confidence(
-        self, logits: Tensor, drawn: Tensor, anneal: float, generator: torch.Generator | None
-    ) -> Tensor:
+    def _confidence(self, logp: Tensor, anneal: float, generator: torch.Generator | None) -> Tensor:
         """Log-probability of each drawn code plus Gumbel noise, ``(n,)``: the noise
         (``choice_temperature * anneal``, fading to 0) makes early steps commit cells more
         at random than by confidence alone, which keeps samples diverse (MaskGIT's rule)."""
-        logp = logits.gather(1, drawn[:, None])[:, 0] - logits.logsumexp(-1)
         u = torch.rand(logp.shape, device=logp.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
         return logp + self.cfg.choice_temperature * anneal * gumbel

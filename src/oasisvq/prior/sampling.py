@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import secrets
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
-from oasisvq.device import cpu_threads
+from oasisvq.device import amp_dtype, cpu_threads
 from oasisvq.errors import ConfigError
 from oasisvq.prior.base import DEFAULT_OPTIONS, Cond, Prior, SamplingOptions, check_guidance
 from oasisvq.prior.base import make_cond as make_cond
@@ -95,13 +96,27 @@ def condition_batch(cfg: PriorConfig, wanted: Conditions | None, n: int) -> Cond
     return make_cond(n, c["class"], c["position"], c["age"], sex=c["sex"])
 
 
+def drawing_precision(prior: Prior, precision: str, device: torch.device):
+    """The autocast context a prior draws in (see ``sample_codes``): bf16 for a masked
+    prior when ``precision`` is "bf16", or "auto" where bf16 is native; else none."""
+    dtype = amp_dtype("off" if precision == "fp32" else precision, device)
+    if prior.likelihood == "exact" or dtype != torch.bfloat16:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
 def sample_codes(
     prior: Prior, n: int, cond: Cond | None = None, options: SamplingOptions = DEFAULT_OPTIONS
 ) -> Tensor:
     """``n`` code grids ``(n, *grid)`` int64 on the CPU, drawn ``options.batch_size`` at a
-    time, in fp32 (the probabilities are exact; bf16 does not make the KV-cached steps
-    faster); a batch of at most ``SMALL_BATCH`` grids is drawn on one CPU thread.
+    time; a batch of at most ``SMALL_BATCH`` grids is drawn on one CPU thread.
+
+    Precision: a masked prior's network runs at ``options.precision`` (bf16 where it is
+    native: its parallel steps are large matrix products; ``benchmarks/sampling_speed.py``
+    times both); autoregressive priors stay in fp32 (their one-cell steps are too small
+    to gain).
+    Logits are turned into probabilities in fp32 either way.
 
     cond: per-example conditions of length ``n`` (see :mod:`oasisvq.prior.base`); each
     guided grid (``options.guidance`` other than 1) costs two."""
@@ -116,6 +131,9 @@ def sample_codes(
     for s in range(0, n, bs):
         m = min(bs, n - s)
         c = None if cond is None else {k: v[s : s + m].to(device) for k, v in cond.items()}
-        with cpu_threads(1 if m <= SMALL_BATCH else torch.get_num_threads(), device):
+        with (
+            cpu_threads(1 if m <= SMALL_BATCH else torch.get_num_threads(), device),
+            drawing_precision(prior, options.precision, device),
+        ):
             out.append(prior.sample(m, c, options, gen).cpu())
     return torch.cat(out) if out else torch.zeros(0, *prior.cfg.grid, dtype=torch.long)

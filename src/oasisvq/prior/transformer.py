@@ -3,11 +3,16 @@
 Slot ``t`` of the input holds the code of cell ``t - 1`` (slot 0 holds the start
 token, built from the condition) plus the position embedding of cell ``t`` (one
 embedding per grid axis, summed: row + column on 2D grids, + depth on 3D grids of
-volumes), and the output at slot ``t`` predicts the code of cell ``t``. Causal self-attention sees every earlier cell, so unlike the
-PixelCNN there is no blind spot.
+volumes), and the output at slot ``t`` predicts the code of cell ``t``. Causal
+self-attention sees every earlier cell, so unlike the PixelCNN there is no blind spot.
 
-    codes (B, *grid) -> (B, T = prod(grid)) -> [start, emb(c_0), ..., emb(c_{T-2})] + pos
+    codes (B, *grid) -> (B, T = prod(grid)) -> [c, emb(c_0), ..., emb(c_{T-2})] + pos (+ c)
     -> n_layers x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> linear -> (B, *grid, K)
+
+With ``cond_at="every"`` the condition ``c`` is also added to every slot's input. As the
+start token alone it reaches a cell only through attention, diluted among thousands of
+cells on a 3D grid: a prior of whole volumes conditioned that way learnt sex but hardly
+age (docs/volumes.md).
 
 Attention is grouped-query attention with ``n_kv_heads`` key/value heads (1 = multi-query):
 the KV cache that sampling keeps is ``n_heads / n_kv_heads`` times smaller than in
@@ -163,9 +168,19 @@ class TransformerPrior(Prior):
         """``emb (B, T, d)``: the embeddings of cells ``0..T-1`` -> logits ``(B, *grid, K)``.
         The embedding of the last cell is not used (nothing comes after it)."""
         b = emb.shape[0]
-        start = self.cond(cond, b)[:, None].to(emb.dtype)
-        x = self.drop(torch.cat([start, emb[:, :-1]], 1) + self.positions())
-        return self._logits(x).view(b, *self.cfg.grid, -1)
+        c = self.cond(cond, b)[:, None].to(emb.dtype)  # (B, 1, d)
+        x = torch.cat([c, emb[:, :-1]], 1) + self.positions()
+        if self.cfg.cond_at == "every":
+            x = x + c
+        return self._logits(self.drop(x)).view(b, *self.cfg.grid, -1)
+
+    def _inputs(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The first slot's input and what every later slot adds to its cell embedding:
+        ``c (B, d)`` -> ``(B, d)`` and ``(T, d)`` or ``(B, T, d)``."""
+        pos = self.positions()
+        if self.cfg.cond_at == "every":
+            return c + c + pos[0], pos[None] + c[:, None]
+        return c + pos[0], pos
 
     def forward(self, codes: Tensor, cond: Cond | None = None) -> Tensor:
         """``codes (B, *grid)`` int64 -> logits ``(B, *grid, K)``."""
@@ -197,13 +212,13 @@ class TransformerPrior(Prior):
         """The logits of ``forward``, computed one cell at a time through the KV cache
         (teacher forcing); the path sampling takes. ``(B, h, w)`` -> ``(B, h, w, K)``."""
         b = codes.shape[0]
-        flat, pos, cache = codes.flatten(1), self.positions(), self.new_cache(b)
-        x = self.cond(cond, b) + pos[0]
+        flat, cache = codes.flatten(1), self.new_cache(b)
+        x, pos = self._inputs(self.cond(cond, b))
         out = []
         for t in range(self.cfg.cells):
             out.append(self.step(x, t, cache))
             if t + 1 < self.cfg.cells:
-                x = self.tok(flat[:, t]) + pos[t + 1]
+                x = self.tok(flat[:, t]) + pos[..., t + 1, :]
         return torch.stack(out, 1).view(*codes.shape, -1)
 
     @torch.no_grad()
@@ -217,11 +232,11 @@ class TransformerPrior(Prior):
         n = codes.shape[0]
         rows = batch.copies * n
         out, todo = codes.flatten(1).clone(), mask.flatten(1)
-        pos, cache = self.positions(), self.new_cache(rows)
-        x = self.cond(batch.cond, rows) + pos[0]
+        cache = self.new_cache(rows)
+        x, pos = self._inputs(self.cond(batch.cond, rows))
         for t in range(last_masked(mask) + 1):
             logits = batch.logits(self.step(x, t, cache))  # (rows, K) -> (n, K)
             out[:, t] = torch.where(todo[:, t], draw.pick(logits), out[:, t])
             if t + 1 < self.cfg.cells:
-                x = self.tok(out[:, t].repeat(batch.copies)) + pos[t + 1]
+                x = self.tok(out[:, t].repeat(batch.copies)) + pos[..., t + 1, :]
         return out.view_as(codes)

@@ -155,9 +155,12 @@ class Run:
         return self.vqvae.encode(_as_batch(images, self.device, self.dims))
 
     @torch.no_grad()
-    def decode(self, codes: ArrayLike, precision: str = "fp32", batch_size: int = 128) -> Tensor:
+    def decode(
+        self, codes: ArrayLike, precision: str = "fp32", batch_size: int | None = None
+    ) -> Tensor:
         """Codes ``(N, *grid)`` -> images ``(N, S, S)`` (volumes ``(N, X, Y, Z)``) float32
-        in [0, 1] on the CPU.
+        in [0, 1] on the CPU, ``batch_size`` at a time (default 128 images or 8 volumes:
+        a decoder's full-size activations of a volume take some 100 MB).
 
         precision: "fp32", "bf16" or "auto" (bf16 where native: twice as fast on such
         CPUs, pixel values within about 2/255 of fp32)."""
@@ -166,6 +169,7 @@ class Run:
         k = self.config.quantizer.codebook_size
         if codes.numel() and (codes.min() < 0 or codes.max() >= k):
             raise ConfigError(f"codes must lie in [0, {k})")
+        batch_size = batch_size or (8 if self.dims == 3 else 128)
         out = []
         with self._autocast(precision):
             for s in range(0, len(codes), batch_size):

@@ -64,6 +64,16 @@ def _fill_from_data(cfg: PriorConfig, run: Run, train: SliceSet | VolumeSet) -> 
     return dataclasses.replace(cfg, **fill)
 
 
+VOLUME_BATCH = 8  # a prior's default batch on the code grids of whole volumes
+
+
+def default_batch_size(cfg: PriorConfig, dims: int) -> int:
+    """The named prior's batch, at most ``VOLUME_BATCH`` grids of a 3D run: a volume's
+    grid holds thousands of cells, and a few hundred subjects in batches of 64 would
+    leave the prior a handful of steps an epoch."""
+    return min(cfg.batch_size, VOLUME_BATCH) if dims == 3 else cfg.batch_size
+
+
 def train_prior(
     run_dir: str | Path,
     data_root: str | None = None,
@@ -109,7 +119,7 @@ def train_prior(
             set_ = {k: v for k, v in train_overrides.items() if v is not None}
             train_cfg = TrainConfig(
                 epochs=cfg.epochs if epochs is None else epochs,
-                batch_size=int(set_.pop("batch_size", cfg.batch_size)),
+                batch_size=int(set_.pop("batch_size", default_batch_size(cfg, run.dims))),
                 lr=float(set_.pop("lr", cfg.lr)),
                 weight_decay=float(set_.pop("weight_decay", cfg.weight_decay)),
                 **set_,
