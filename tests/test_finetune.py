@@ -84,7 +84,7 @@ def test_finetune_trains_the_decoder_alone_and_keeps_codes_and_priors(
         raise AssertionError("codes were encoded again")
 
     monkeypatch.setattr(run_codes, "encode_images", boom)
-    cached = run_codes.cached_codes(out, "train", train, b.vqvae, torch.device("cpu"))
+    cached = run_codes.cached_codes(out, "train", train, boom, torch.device("cpu"))
     assert np.array_equal(cached.codes, a.encode(np.asarray(train.images, np.float32) / 255))
     capsys.readouterr()
     assert main(["sample", str(out), "--n", "2", "--out", str(tmp_path / "s"), *FAST[-2:]]) == 0

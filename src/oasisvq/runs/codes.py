@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +72,13 @@ def cached_codes(
     run_dir: Path,
     split: str,
     data: SliceSet | VolumeSet,
-    vqvae: VQVAE,
+    vqvae: Callable[[], VQVAE],
     device: torch.device,
     batch_size: int = 128,
 ) -> CodeSet:
     """The codes of ``data`` (slices or volumes of split ``split``) under the run's
     VQ-VAE, from ``RUN/priors/codes_<split>.npz`` when its fingerprint matches, else
-    encoded and saved."""
+    encoded and saved. ``vqvae`` loads the model, called only when encoding is needed."""
     path = Path(run_dir) / "priors" / f"codes_{split}.npz"
     images = data.volumes if isinstance(data, VolumeSet) else data.images
     key = json.dumps(
@@ -90,7 +91,7 @@ def cached_codes(
                 return CodeSet(z["codes"], z["classes"], z["positions"], z["ages"], sexes)
     if isinstance(data, VolumeSet):
         batch_size = min(batch_size, 4)  # a volume is ~1M voxels
-    codes = encode_images(vqvae, images, device, batch_size)
+    codes = encode_images(vqvae(), images, device, batch_size)
     conditions = _conditions(data)
     arrays = {"codes": codes.astype(np.int16), **conditions, "fingerprint": np.array(key)}
     atomic_write(path, lambda tmp: np.savez(tmp.open("wb"), **arrays))

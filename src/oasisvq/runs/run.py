@@ -193,7 +193,7 @@ class Run:
     def codes(self, split: str, data: SliceSet | VolumeSet) -> CodeSet:
         """The code grids of ``data``'s slices or volumes (split ``split``), cached in
         ``RUN/priors/``."""
-        return cached_codes(self.path, split, data, self.vqvae, self.device)
+        return cached_codes(self.path, split, data, lambda: self.vqvae, self.device)
 
     # ------------------------------------------------------------------ priors
 
