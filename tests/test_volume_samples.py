@@ -128,6 +128,8 @@ def test_evaluate_volume_samples_uses_the_2d_keys() -> None:
     assert out["diversity"]["real_reconstructions"] == out["diversity"]["real"]
     mem = out["memorisation"]
     assert mem["memorised_share_recon_space"] == mem["memorised_share"]
+    # the held-out volumes themselves: 1 of 4 lies above their own 99th percentile
+    assert mem["memorised_share_of_real_reconstructions"] == pytest.approx(0.25)
     assert out["memorisation"]["memorised_share"] == pytest.approx(0.5)
     flat = {
         "nn_ssim_mean",

@@ -168,7 +168,9 @@ def volume_memorisation(
     reconstructions: ``{"train": (N, ...), "held": (m, ...)}``, the volumes passed through
     the autoencoder. With them the same search runs in reconstruction space (keys
     ``*_recon_space``), where samples and references share the decoder's smoothing: a
-    smooth decoder alone raises a sample's SSIM to raw training volumes."""
+    smooth decoder alone raises a sample's SSIM to raw training volumes, and
+    ``memorised_share_of_real_reconstructions`` is the raw measure of the held-out
+    volumes' own reconstructions: what a prior that drew new subjects perfectly scores."""
     _same_shape(samples=samples, train=train, held=held)
     if len(held) == 0:
         raise ValueError("no held-out volumes: the memorisation threshold needs some")
@@ -187,9 +189,14 @@ def volume_memorisation(
         _same_shape(samples=samples, train_reconstructions=recon_train, held=recon_held)
         _, rnn_ssim = nearest_volumes(samples, recon_train, candidates)
         _, rreal_ssim = nearest_volumes(recon_held, recon_train, candidates)
+        _, held_recon_ssim = nearest_volumes(recon_held, train, candidates)
         rthreshold = float(np.percentile(rreal_ssim, 99))
         out.update(
             {
+                # what a prior drawing exactly the held-out volumes' codes would score
+                "memorised_share_of_real_reconstructions": float(
+                    (held_recon_ssim > threshold).mean()
+                ),
                 "nn_ssim_mean_recon_space": float(rnn_ssim.mean()),
                 "nn_ssim_real_mean_recon_space": float(rreal_ssim.mean()),
                 "nn_ssim_real_p99_recon_space": rthreshold,
