@@ -186,7 +186,9 @@ def volume_memorisation(
     }
     if reconstructions is not None:
         recon_train, recon_held = reconstructions["train"], reconstructions["held"]
-        _same_shape(samples=samples, train_reconstructions=recon_train, held=recon_held)
+        _same_shape(
+            samples=samples, train_reconstructions=recon_train, held_reconstructions=recon_held
+        )
         _, rnn_ssim = nearest_volumes(samples, recon_train, candidates)
         _, rreal_ssim = nearest_volumes(recon_held, recon_train, candidates)
         _, held_recon_ssim = nearest_volumes(recon_held, train, candidates)
