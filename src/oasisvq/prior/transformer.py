@@ -201,7 +201,8 @@ class TransformerPrior(Prior):
 
     def step(self, x: Tensor, t: int, cache: list[KVCache]) -> Tensor:
         """One slot: ``x (B, d)`` is the input of slot ``t`` (embedding of cell t-1, or the
-        start token, plus the position of cell t). Returns the logits of cell ``t``, ``(B, K)``."""
+        start token, plus the position of cell t and, with ``cond_at="every"``, the
+        condition; see ``_inputs``). Returns the logits of cell ``t``, ``(B, K)``."""
         x = x[:, None]
         for block, kv in zip(self.blocks, cache, strict=True):
             x = block(x, kv, t)
