@@ -9,7 +9,7 @@ from oasisvq.cli import args as A
 from oasisvq.cli.common import add_sampling_options, print_json, sampling_options
 from oasisvq.evaluate.reconstruction import evaluate_run, reconstruct_files
 from oasisvq.evaluate.samples import SampleEvaluation, evaluate_samples
-from oasisvq.evaluate.samples3d import evaluate_volume_prior
+from oasisvq.evaluate.samples3d import VOLUME_EVALUATION, evaluate_volume_prior
 from oasisvq.io import run_lock
 from oasisvq.runs import Run
 
@@ -50,7 +50,7 @@ def run_evaluate_samples(args: argparse.Namespace) -> int:
     options = sampling_options(args)
     run = Run.open(args.run, args.device)
     settings = SampleEvaluation(
-        n=args.n or (64 if run.dims == 3 else 1000),
+        n=args.n or (VOLUME_EVALUATION if run.dims == 3 else SampleEvaluation()).n,
         split=args.split,
         data_root=args.data,
         feature_epochs=args.feature_epochs,

@@ -216,6 +216,14 @@ def reconstructions(h: Held, split: str, codes: CodeSet) -> np.ndarray:
     return images
 
 
+def train_and_held_reconstructions(h: Held) -> dict[str, np.ndarray]:
+    """``{"train", "held"}``: the decoded code grids of both splits, uint8 (cached)."""
+    return {
+        "train": reconstructions(h, "train", h.train_codes),
+        "held": reconstructions(h, h.split, h.held_codes),
+    }
+
+
 def code_copy_shares(h: Held, codes: torch.Tensor) -> dict[str, float]:
     """Shares of samples' and of held-out code grids that equal a training grid exactly."""
     train_grids = {g.tobytes() for g in h.train_codes.codes.astype(np.int16)}
@@ -413,11 +421,7 @@ def references(
         settings.n_pairs,
         seed,
     )
-    recon = {
-        "train": reconstructions(h, "train", h.train_codes),
-        "held": reconstructions(h, h.split, h.held_codes),
-    }
-    return References(fnet, real, recon)
+    return References(fnet, real, train_and_held_reconstructions(h))
 
 
 def measure_samples(

@@ -34,8 +34,8 @@ from oasisvq.evaluate.samples import (
     draw,
     likelihood,
     open_held,
-    reconstructions,
     setup,
+    train_and_held_reconstructions,
 )
 from oasisvq.evaluate.volume_net import (
     VolumeArrays,
@@ -85,10 +85,7 @@ def evaluate_volume_prior(
     cfg = h.prior.cfg
     result: dict = {"setup": setup(h, settings, options), "likelihood": likelihood(h, seed)}
     samples, codes, cond_idx, timing = draw(h, settings.n, options, rng)
-    recon = {
-        "train": reconstructions(h, "train", h.train_codes),
-        "held": reconstructions(h, h.split, h.held_codes),
-    }
+    recon = train_and_held_reconstructions(h)
     measured = evaluate_volume_samples(
         samples,
         h.train.volumes,
