@@ -178,7 +178,7 @@ class TransformerPrior(Prior):
         """The first slot's input and what every later slot adds to its cell embedding:
         ``c (B, d)`` -> ``(B, d)`` and ``(T, d)`` or ``(B, T, d)``."""
         pos = self.positions()
-        if self.cfg.cond_at == "every":
+        if self.cfg.cond_at == "every":  # slot 0: the start token c, plus c as every slot
             return c + c + pos[0], pos[None] + c[:, None]
         return c + pos[0], pos
 

@@ -67,7 +67,7 @@ def _fill_from_data(cfg: PriorConfig, run: Run, train: SliceSet | VolumeSet) -> 
 VOLUME_BATCH = 8  # a prior's default batch on the code grids of whole volumes
 
 
-def default_batch_size(cfg: PriorConfig, dims: int) -> int:
+def training_batch_size(cfg: PriorConfig, dims: int) -> int:
     """The named prior's batch, at most ``VOLUME_BATCH`` grids of a 3D run: a volume's
     grid holds thousands of cells, and a few hundred subjects in batches of 64 would
     leave the prior a handful of steps an epoch."""
@@ -119,7 +119,7 @@ def train_prior(
             set_ = {k: v for k, v in train_overrides.items() if v is not None}
             train_cfg = TrainConfig(
                 epochs=cfg.epochs if epochs is None else epochs,
-                batch_size=int(set_.pop("batch_size", default_batch_size(cfg, run.dims))),
+                batch_size=int(set_.pop("batch_size", training_batch_size(cfg, run.dims))),
                 lr=float(set_.pop("lr", cfg.lr)),
                 weight_decay=float(set_.pop("weight_decay", cfg.weight_decay)),
                 **set_,
