@@ -30,6 +30,13 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--guidance", type=float, default=1.0, help="conditional priors; 1 = none")
+    p.add_argument("--steps", type=int, default=None, help="masked priors (default: theirs)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "auto"),
+        help="the decoder's and a masked prior's network's (default fp32)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="JSON result")
@@ -38,8 +45,9 @@ def main() -> None:
         temperature=args.temperature,
         top_k=args.top_k,
         guidance=args.guidance,
+        steps=args.steps,
         seed=args.seed,
-        precision="fp32",
+        precision=args.precision,
     )
     run = oasisvq.load(args.run, args.device)
     n = args.n or (64 if run.dims == 3 else 1000)

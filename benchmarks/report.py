@@ -149,6 +149,13 @@ def _by_run(samples: list[dict]) -> list[dict]:
     )
 
 
+def _quantizer(r: dict) -> str:
+    """``VQ`` (a learnt codebook) or ``FSQ`` with its levels; results written before the
+    field existed were all VQ."""
+    q = r.get("quantizer", {"kind": "vq"})
+    return "FSQ " + "x".join(map(str, q["levels"])) if q["kind"] == "fsq" else "VQ"
+
+
 # ---------------------------------------------------------------- the tables
 def quality(results: Path) -> Iterator[Table]:
     rs = sorted(
@@ -157,10 +164,14 @@ def quality(results: Path) -> Iterator[Table]:
     yield Table(
         "How much of a held-out slice each preset keeps, and in how many bytes",
         "Each preset trained with `oasisvq train` for the epochs given and measured with "
-        "`oasisvq evaluate` (reconstruction through the quantizer) on the held-out split.",
+        "`oasisvq evaluate` (reconstruction through the quantizer) on the held-out split; "
+        "training minutes add up the epochs' training steps (validation after each epoch "
+        "and checkpoints not included). VQ learns a codebook; FSQ rounds each latent "
+        "channel to the levels given, at the same bits per image as its VQ preset.",
         _sources(rs),
         [
             ("preset", "`{preset}`"),
+            ("quantizer", _quantizer),
             ("grid, codes", "{grid}x{grid}, {codebook_size}"),
             ("bytes/image", "{bytes_per_image:g}"),
             ("codes used", "{codes_used}"),
@@ -169,6 +180,7 @@ def quality(results: Path) -> Iterator[Table]:
             ("PSNR (dB)", "{psnr_mean:.2f}"),
             ("epochs", "{epochs}"),
             ("s/epoch", "{train_seconds_per_epoch:.0f}"),
+            ("training min", "{train_minutes_total:.1f}"),
             (
                 "data, split (images)",
                 lambda r: f"{_data_name(r['data'])}, {r['split']} ({r['n_images']})",
@@ -190,7 +202,8 @@ def priors(results: Path) -> Iterator[Table]:
         _sources(rs),
         [
             ("VQ-VAE run", lambda r: _run_label(r["setup"])),
-            ("prior", "`{setup[prior]}`"),
+            ("prior", _prior_label),
+            ("training min (epochs)", _prior_training),
             ("condition", _condition),
             ("guidance", "{setup[sampling][guidance]:g}"),
             (
@@ -212,6 +225,21 @@ def priors(results: Path) -> Iterator[Table]:
         ],
         rs,
     )
+
+
+def _prior_label(r: dict) -> str:
+    """The prior's name and, for a masked prior, the parallel steps it was drawn in."""
+    setup = r["setup"]
+    if setup.get("prior_arch") != "maskgit":
+        return f"`{setup['prior']}`"
+    return "`{prior}`, {steps} steps ({sampling[precision]})".format(**setup)
+
+
+def _prior_training(r: dict) -> str:
+    setup = r["setup"]
+    if "prior_train_minutes" not in setup:
+        return "-"
+    return "{prior_train_minutes:.1f} ({prior_epochs})".format(**setup)
 
 
 def _condition(r: dict) -> str:
@@ -482,7 +510,8 @@ def volumes(results: Path) -> Iterator[Table]:
         _sources(samples),
         [
             ("VQ-VAE run", lambda r: _run_label(r["setup"])),
-            ("prior", "`{setup[prior]}`"),
+            ("prior", _prior_label),
+            ("training min (epochs)", _prior_training),
             ("condition", _condition),
             ("guidance", "{setup[sampling][guidance]:g}"),
             ("samples", "{setup[n_samples]}"),

@@ -67,6 +67,7 @@ def main() -> int:
     ]
     subprocess.run(eval_cmd, check=True, stdout=subprocess.DEVNULL)
     history = json.loads((run / "history.json").read_text())
+    quantizer = json.loads((run / "config.json").read_text())["model"]["quantizer"]
     seconds = [row["epoch_seconds"] for row in history]
     result = {
         "benchmark": "vqvae_quality",
@@ -74,6 +75,7 @@ def main() -> int:
         "data": args.data,
         "split": args.split,
         "epochs": len(history),
+        "quantizer": {"kind": quantizer["kind"], "levels": quantizer["levels"]},
         "train_seconds_per_epoch": sum(seconds) / len(seconds),
         "train_minutes_total": sum(seconds) / 60,
         "train_images_per_second": sum(r["train_images_per_second"] for r in history)

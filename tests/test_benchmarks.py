@@ -44,6 +44,39 @@ def test_the_readme_table_goes_between_the_markers_only(tmp_path: Path) -> None:
     assert unmarked.read_text() == "no markers\n"
 
 
+def test_the_quality_table_names_each_quantizer(tmp_path: Path) -> None:
+    import json
+
+    row = {
+        "preset": "compact",
+        "grid": 8,
+        "codebook_size": 16,
+        "bytes_per_image": 32.0,
+        "bits_per_image": 256.0,
+        "codes_used": 16,
+        "ssim_mean": 0.8,
+        "ssim_std": 0.01,
+        "ms_ssim_mean": 0.9,
+        "psnr_mean": 21.0,
+        "epochs": 3,
+        "train_seconds_per_epoch": 20.0,
+        "train_minutes_total": 1.0,
+        "data": "~/data/alzheimer-mri",
+        "split": "validate",
+        "n_images": 9,
+        "machine": {"cpu": "x", "cpu_count": 2, "torch_threads": 1, "torch": "2.13.0+cpu"},
+        "command": "benchmarks/vqvae_quality.py",
+    }
+    fsq = {**row, "preset": "compact-fsq", "quantizer": {"kind": "fsq", "levels": [4, 4]}}
+    (tmp_path / "quality-a.json").write_text(json.dumps(row))  # written before the field
+    (tmp_path / "quality-b.json").write_text(json.dumps(fsq))
+    (table,) = report.quality(tmp_path)
+    lines = table.markdown().splitlines()
+    assert "| quantizer |" in lines[[i for i, x in enumerate(lines) if x.startswith("|")][0]]
+    assert any("| `compact` | VQ |" in x for x in lines)
+    assert any("| `compact-fsq` | FSQ 4x4 |" in x for x in lines)
+
+
 def test_commands_are_shown_as_run_from_the_repository_root() -> None:
     shown = report.shown_command(
         "/usr/bin/python3 benchmarks/fd_blur.py --run /srv/runs/m1 --data ../x/data/oasis --n 2"

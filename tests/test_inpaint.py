@@ -86,9 +86,13 @@ def test_evaluate_samples_reports_maskgit_bound(run: Path, monkeypatch: pytest.M
     """evaluate-samples runs on a masked prior; its NLL is the (finite) upper-bound estimate."""
     monkeypatch.setenv("OASISVQ_CACHE", str(run / "cache"))
     out = run / "eval.json"
-    argv = ["evaluate-samples", str(run / "run"), "--prior", "maskgit", "--n", "8"]
+    argv = ["evaluate-samples", str(run / "run"), "--prior", "maskgit", "--n", "8", "--steps", "3"]
     assert _run_cli(*argv, "--json", str(out), "--feature-epochs", "1", "--device", "cpu") == 0
     r = json.loads(out.read_text())
     assert r["setup"]["prior_arch"] == "maskgit" and r["likelihood"]["kind"] == "upper bound"
+    # what was measured says how it was drawn and how long the prior trained
+    history = json.loads((run / "run" / "priors" / "maskgit" / "history.json").read_text())
+    assert r["setup"]["steps"] == 3 and r["setup"]["prior_epochs"] == len(history) == 1
+    assert r["setup"]["prior_train_minutes"] * 60 == pytest.approx(history[0]["epoch_seconds"])
     assert 0 < r["nll_bits_per_image"] < 2 * r["uniform_bits_per_image"]
     assert r["frechet_distance"] >= 0

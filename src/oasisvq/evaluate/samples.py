@@ -108,6 +108,7 @@ def setup(h: Held, settings: SampleEvaluation, options: SamplingOptions) -> dict
         "condition": list(cfg.condition),
         "cond_at": cfg.cond_at if cfg.arch != "pixelcnn" and cfg.condition else None,
         "mirror": cfg.mirror,
+        **prior_training(h.run.prior_dir(h.name)),
         "split": h.split,
         "n_samples": settings.n,
         "n_held_out": len(h.held),
@@ -115,6 +116,17 @@ def setup(h: Held, settings: SampleEvaluation, options: SamplingOptions) -> dict
         "grid": list(cfg.grid),
         "codebook_size": cfg.codebook_size,
         "sampling": options.to_dict(),
+        "steps": (options.steps or cfg.steps) if cfg.arch == "maskgit" else None,
+    }
+
+
+def prior_training(prior_dir: Path) -> dict:
+    """The prior's epochs and the minutes its training steps took (its history)."""
+    path = prior_dir / "history.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return {
+        "prior_epochs": len(rows),
+        "prior_train_minutes": sum(r.get("epoch_seconds", 0.0) for r in rows) / 60,
     }
 
 
