@@ -107,11 +107,13 @@ def test_bad_levels_and_kinds_are_one_line_errors() -> None:
 
 
 def test_fsq_presets_have_the_bits_of_their_vq_presets() -> None:
-    for vq, fsq, levels in (("compact", "compact-fsq", (4, 4)), ("hifi", "hifi-fsq", (8, 8, 8))):
+    pairs = (("compact", (4, 4)), ("mid", (8, 8, 4)), ("hifi", (8, 8, 8)))
+    for vq, fsq, levels in ((name, f"{name}-fsq", levels) for name, levels in pairs):
         a, b = PRESETS[vq], PRESETS[fsq]
         assert b.quantizer.kind == "fsq" and b.quantizer.levels == levels
         assert b.bits_per_image == a.bits_per_image and b.grid == a.grid
         assert b.quantizer.codebook_size == a.quantizer.codebook_size
+        assert b.widths == a.widths and b.default_epochs == a.default_epochs
     # any preset takes an fsq quantizer
     mid = get_preset("mid", kind="fsq", levels=(8, 8, 4))
     assert mid.quantizer.codebook_size == 256 and isinstance(VQVAE(mid).quantizer, FSQuantizer)
