@@ -113,7 +113,7 @@ def test_fsq_presets_have_the_bits_of_their_vq_presets() -> None:
         assert b.quantizer.kind == "fsq" and b.quantizer.levels == levels
         assert b.bits_per_image == a.bits_per_image and b.grid == a.grid
         assert b.quantizer.codebook_size == a.quantizer.codebook_size
-        assert b.widths == a.widths and b.default_epochs == a.default_epochs
+        assert b.widths == a.widths and b.blocks == a.blocks and b.lr == a.lr
     # any preset takes an fsq quantizer
     mid = get_preset("mid", kind="fsq", levels=(8, 8, 4))
     assert mid.quantizer.codebook_size == 256 and isinstance(VQVAE(mid).quantizer, FSQuantizer)
