@@ -583,8 +583,8 @@ def summary(results: Path) -> str:
         for i, s in enumerate(own):
             decoder = ", fine-tuned decoder" if s["setup"].get("decoder_finetune") else ""
             fd = s["frechet"]["samples"] / s["frechet"]["real_vs_real"]
-            trained = _prior_training(s)
-            label = _prior_label(s) + ("" if trained == "-" else f", {trained.split()[0]} min")
+            minutes = s["setup"].get("prior_train_minutes")
+            label = _prior_label(s) + ("" if minutes is None else f", {minutes:.1f} min")
             prior = (
                 label + decoder + " | {likelihood[nll_bits_per_image]:.0f} | "
                 f"{fd:.1f}x | {_share(s['memorisation']['memorised_share'])} | "

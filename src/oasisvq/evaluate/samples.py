@@ -35,6 +35,7 @@ import torch
 
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.torch_dataset import to_uint8
+from oasisvq.errors import RunError
 from oasisvq.evaluate.features import FeatureNet, extract, feature_net, frechet_distance
 from oasisvq.evaluate.reference import (
     RealReference,
@@ -43,7 +44,7 @@ from oasisvq.evaluate.reference import (
     real_reference,
 )
 from oasisvq.figures import nearest_neighbour_figure, samples_figure
-from oasisvq.io import atomic_write, write_json
+from oasisvq.io import atomic_write, read_json, write_json
 from oasisvq.prior.base import Prior, SamplingOptions
 from oasisvq.prior.data import CodeSet
 from oasisvq.prior.sampling import sample_codes
@@ -123,7 +124,9 @@ def setup(h: Held, settings: SampleEvaluation, options: SamplingOptions) -> dict
 def prior_training(prior_dir: Path) -> dict:
     """The prior's epochs and the minutes its training steps took (its history)."""
     path = prior_dir / "history.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
+    rows = read_json(path, "prior history") if path.is_file() else []
+    if not isinstance(rows, list):
+        raise RunError(f"{path}: prior history is damaged (expected a list of epochs)")
     return {
         "prior_epochs": len(rows),
         "prior_train_minutes": sum(r.get("epoch_seconds", 0.0) for r in rows) / 60,
