@@ -32,6 +32,9 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="conditional priors; 1 = none")
     p.add_argument("--steps", type=int, default=None, help="masked priors (default: theirs)")
     p.add_argument(
+        "--choice-temperature", type=float, default=None, help="masked priors (default: theirs)"
+    )
+    p.add_argument(
         "--precision",
         default="fp32",
         choices=("fp32", "bf16", "auto"),
@@ -46,6 +49,7 @@ def main() -> None:
         top_k=args.top_k,
         guidance=args.guidance,
         steps=args.steps,
+        choice_temperature=args.choice_temperature,
         seed=args.seed,
         precision=args.precision,
     )

@@ -228,11 +228,15 @@ def priors(results: Path) -> Iterator[Table]:
 
 
 def _prior_label(r: dict) -> str:
-    """The prior's name and, for a masked prior, the parallel steps it was drawn in."""
+    """The prior's name and, for a masked prior, the parallel steps it was drawn in, its
+    precision and a choice temperature other than the prior's own."""
     setup = r["setup"]
     if setup.get("prior_arch") != "maskgit":
         return f"`{setup['prior']}`"
-    return "`{prior}`, {steps} steps ({sampling[precision]})".format(**setup)
+    how = [setup["sampling"]["precision"]]
+    if setup["sampling"].get("choice_temperature") is not None:
+        how.append(f"choice temperature {setup['sampling']['choice_temperature']:g}")
+    return f"`{setup['prior']}`, {setup['steps']} steps ({', '.join(how)})"
 
 
 def _prior_training(r: dict) -> str:

@@ -77,6 +77,16 @@ def test_the_quality_table_names_each_quantizer(tmp_path: Path) -> None:
     assert any("| `compact-fsq` | FSQ 4x4 |" in x for x in lines)
 
 
+def test_a_masked_priors_label_names_its_steps_precision_and_choice_temperature() -> None:
+    setup = {"prior": "maskgit", "prior_arch": "maskgit", "steps": 4}
+    own = {"setup": {**setup, "sampling": {"precision": "bf16", "choice_temperature": None}}}
+    assert report._prior_label(own) == "`maskgit`, 4 steps (bf16)"
+    set_ = {"setup": {**setup, "sampling": {"precision": "fp32", "choice_temperature": 30.0}}}
+    assert report._prior_label(set_) == "`maskgit`, 4 steps (fp32, choice temperature 30)"
+    ar = {"setup": {"prior": "transformer", "prior_arch": "transformer", "sampling": {}}}
+    assert report._prior_label(ar) == "`transformer`"
+
+
 def test_commands_are_shown_as_run_from_the_repository_root() -> None:
     shown = report.shown_command(
         "/usr/bin/python3 benchmarks/fd_blur.py --run /srv/runs/m1 --data ../x/data/oasis --n 2"

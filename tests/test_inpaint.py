@@ -87,12 +87,14 @@ def test_evaluate_samples_reports_maskgit_bound(run: Path, monkeypatch: pytest.M
     monkeypatch.setenv("OASISVQ_CACHE", str(run / "cache"))
     out = run / "eval.json"
     argv = ["evaluate-samples", str(run / "run"), "--prior", "maskgit", "--n", "8", "--steps", "3"]
-    assert _run_cli(*argv, "--json", str(out), "--feature-epochs", "1", "--device", "cpu") == 0
+    argv += ["--choice-temperature", "2.5", "--json", str(out), "--feature-epochs", "1"]
+    assert _run_cli(*argv, "--device", "cpu") == 0
     r = json.loads(out.read_text())
     assert r["setup"]["prior_arch"] == "maskgit" and r["likelihood"]["kind"] == "upper bound"
     # what was measured says how it was drawn and how long the prior trained
     history = json.loads((run / "run" / "priors" / "maskgit" / "history.json").read_text())
     assert r["setup"]["steps"] == 3 and r["setup"]["prior_epochs"] == len(history) == 1
+    assert r["setup"]["choice_temperature"] == r["setup"]["sampling"]["choice_temperature"] == 2.5
     assert r["setup"]["prior_train_minutes"] * 60 == pytest.approx(history[0]["epoch_seconds"])
     assert 0 < r["nll_bits_per_image"] < 2 * r["uniform_bits_per_image"]
     assert r["frechet_distance"] >= 0

@@ -215,6 +215,23 @@ def test_3d_grids_patches_and_positions() -> None:
     assert model(s).shape == (3, *grid, 5)
 
 
+def test_the_choice_temperature_orders_cells_and_defaults_to_the_priors(
+    trained: MaskGITPrior,
+) -> None:
+    def draw(temperature: float, choice: float | None, seed: int) -> torch.Tensor:
+        options = SamplingOptions(temperature=temperature, choice_temperature=choice)
+        return trained.sample(256, options=options, generator=torch.Generator().manual_seed(seed))
+
+    own = trained.cfg.choice_temperature
+    assert own > 0 and torch.equal(draw(1.0, None, 0), draw(1.0, own, 0))
+    # the same random stream, cells committed in another order: other samples
+    assert not torch.equal(draw(1.0, 0.0, 0), draw(1.0, 1000.0, 0))
+    # most likely codes in order of confidence alone: nothing random is left
+    assert torch.equal(draw(0.0, 0.0, 0), draw(0.0, 0.0, 1))
+    with pytest.raises(ConfigError, match="--choice-temperature -1: expected a finite number"):
+        SamplingOptions(choice_temperature=-1)
+
+
 def test_bf16_autocast_sampling_gives_valid_codes(trained: MaskGITPrior) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         s = trained.sample(

@@ -153,3 +153,43 @@ def test_unknown_upsampling_is_refused():
 
     with pytest.raises(ValueError, match="upsample 'bilinear'"):
         VQVAE(replace(get_preset("compact"), upsample="bilinear"))
+
+
+def test_a_loss_on_the_clamped_output_costs_nothing_below_zero():
+    """Outputs below 0 leave the loss and its gradient untouched when ``loss_on_clamped``:
+    evaluation and sampling clamp them, so a black background needs no exact zeros."""
+    import numpy as np
+
+    from oasisvq.data.slices import SliceSet
+    from oasisvq.train.vqvae_task import VQVAETask
+
+    cfg = get_preset("hifi", codebook_size=8)
+    assert cfg.loss_on_clamped and get_preset("mid").loss_on_clamped
+    images = np.zeros((2, 16, 16), np.uint8)
+    images[:, 4:12, 4:12] = 200  # a bright square on a black background
+    data = SliceSet(images=images, subjects=["a", "b"], sources=["a", "b"])
+    x = torch.from_numpy(images[:, None] / 255.0).float()
+    codes = torch.zeros(2, 4, 4, dtype=torch.long)
+
+    def loss_and_grad(on_clamped: bool, background: float) -> tuple[float, torch.Tensor]:
+        recon = x.clone()
+        recon[x == 0] = background
+        recon.requires_grad_(True)
+
+        class Fixed(torch.nn.Module):  # a model whose output is ``recon``
+            cfg = get_preset("hifi", codebook_size=8, loss_on_clamped=on_clamped)
+
+            def forward(self, _x):
+                return recon, codes, torch.zeros(())
+
+        task = VQVAETask(VQVAE(Fixed.cfg), data, None, batch_size=2)
+        loss, _ = task.loss(Fixed(), x)
+        loss.backward()
+        return loss.item(), recon.grad
+
+    exact, _ = loss_and_grad(True, 0.0)
+    below, grad = loss_and_grad(True, -0.3)
+    assert below == exact  # -0.3 is clamped to the exact 0 of the target
+    assert torch.all(grad[x == 0] == 0)
+    unclamped, grad = loss_and_grad(False, -0.3)
+    assert unclamped > exact + 0.01 and torch.all(grad[x == 0] < 0)

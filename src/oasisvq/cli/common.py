@@ -146,6 +146,13 @@ def add_sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
         "--steps", type=A.count, default=None, help="parallel decoding steps (masked priors)"
     )
     p.add_argument(
+        "--choice-temperature",
+        type=A.temperature,
+        default=None,
+        help="masked priors: noise on the order cells are committed in (default: the prior's; "
+        "0 = by confidence alone, large = random order)",
+    )
+    p.add_argument(
         "--seed",
         type=A.seed,
         default=0,

@@ -131,6 +131,7 @@ HIFI = VQVAEConfig(
     full_res=False,
     quantizer=QuantizerConfig(codebook_size=512, dim=32),
     ssim_weight=0.9,
+    loss_on_clamped=True,
     lr=2e-3,
     adam_beta2=0.99,
     batch_size=32,

@@ -62,8 +62,10 @@ class SamplingOptions:
     parallel decoding steps of a masked prior (None = its default); seed: the random
     stream (same seed and batch size, same samples; None = a fresh one); batch_size:
     grids drawn at once (None = by grid size); precision: the decoder's and a masked
-    prior's network's ("auto" = bf16 where native). Invalid values raise ``ConfigError``
-    naming the option and its range.
+    prior's network's ("auto" = bf16 where native); choice_temperature: the Gumbel noise
+    on a masked prior's confidence in its first steps (None = its configured value; 0 =
+    cells in order of confidence alone; large = cells in random order). Invalid values
+    raise ``ConfigError`` naming the option and its range.
     """
 
     temperature: float = 1.0
@@ -73,9 +75,12 @@ class SamplingOptions:
     seed: int | None = 0
     batch_size: int | None = None
     precision: str = "auto"
+    choice_temperature: float | None = None
 
     def __post_init__(self) -> None:
         _check_number("--temperature", self.temperature, 0.0)
+        if self.choice_temperature is not None:
+            _check_number("--choice-temperature", self.choice_temperature, 0.0)
         _check_number("--guidance", self.guidance, 0.0)
         for flag, value in (
             ("--top-k", self.top_k),
@@ -269,15 +274,16 @@ def pick(
 @dataclass(frozen=True)
 class Draw:
     """How one code is drawn from logits: ``temperature``, ``top_k`` and the random stream
-    (see ``pick``)."""
+    (see ``pick``); ``choice_temperature`` orders a masked prior's cells (None: its own)."""
 
     temperature: float = 1.0
     top_k: int | None = None
     generator: torch.Generator | None = None
+    choice_temperature: float | None = None
 
     @classmethod
     def of(cls, options: SamplingOptions, generator: torch.Generator | None) -> Draw:
-        return cls(options.temperature, options.top_k, generator)
+        return cls(options.temperature, options.top_k, generator, options.choice_temperature)
 
     def pick(self, logits: Tensor) -> Tensor:
         """``logits (B, K)`` -> codes ``(B,)`` int64."""

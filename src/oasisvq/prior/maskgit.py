@@ -264,18 +264,21 @@ class MaskGITPrior(Prior):
         """A code and its confidence, both ``(n_todo,)``, for each cell of ``feats``; the
         logits are made ``DRAW_CHUNK`` cells at a time, so that on large codebooks the
         passes over them (softmax, cumulative sum, log-probability) stay in cache."""
+        choice = draw.choice_temperature
+        choice = self.cfg.choice_temperature if choice is None else choice
         codes, confidence = [], []
         for i in range(0, feats.shape[1], DRAW_CHUNK):
             logits = batch.logits(self.head(feats[:, i : i + DRAW_CHUNK]).flatten(0, 1)).float()
             drawn, logp = draw.pick_with_logp(logits)
             codes.append(drawn)
-            confidence.append(self._confidence(logp, anneal, draw.generator))
+            confidence.append(self._confidence(logp, choice * anneal, draw.generator))
         return torch.cat(codes), torch.cat(confidence)
 
-    def _confidence(self, logp: Tensor, anneal: float, generator: torch.Generator | None) -> Tensor:
+    def _confidence(self, logp: Tensor, noise: float, generator: torch.Generator | None) -> Tensor:
         """Log-probability of each drawn code plus Gumbel noise, ``(n,)``: the noise
-        (``choice_temperature * anneal``, fading to 0) makes early steps commit cells more
-        at random than by confidence alone, which keeps samples diverse (MaskGIT's rule)."""
+        (``choice_temperature`` times a factor fading to 0) makes early steps commit cells
+        more at random than by confidence alone, which keeps samples diverse (MaskGIT's
+        rule)."""
         u = torch.rand(logp.shape, device=logp.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
-        return logp + self.cfg.choice_temperature * anneal * gumbel
+        return logp + noise * gumbel
