@@ -229,7 +229,7 @@ def priors(results: Path) -> Iterator[Table]:
 
 def _prior_label(r: dict) -> str:
     """The prior's name and, for a masked prior, the parallel steps it was drawn in, its
-    precision and a choice temperature other than the prior's own."""
+    precision and the choice temperature when the sampling options set one."""
     setup = r["setup"]
     if setup.get("prior_arch") != "maskgit":
         return f"`{setup['prior']}`"
