@@ -21,7 +21,7 @@ from oasisvq.model.presets import get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.runs import checkpoint
 from oasisvq.runs import codes as run_codes
-from oasisvq.train.vqvae_task import VQVAETask
+from oasisvq.train.vqvae_task import VQVAETask, reconstruction_loss
 
 FAST = ["--batch-size", "8", "--amp", "off", "--device", "cpu"]
 PRIOR = ["--option", "d_model=32", "--option", "n_layers=1", "--option", "n_heads=2"]
@@ -141,3 +141,36 @@ def test_generator_term_joins_after_adversarial_start() -> None:
         loss, logs = task.loss(model, x)
         expected = logs["recon"] + logs["vq"] + logs["disc"] + joined * 0.5 * logs["gen"]
         assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5), step
+
+
+def test_the_adaptive_weight_sets_the_ratio_of_gradients_at_the_decoders_last_layer() -> None:
+    torch.manual_seed(0)
+    cfg = get_preset("seed", adversarial_weight=0.5, adversarial_adaptive=True, image_size=32)
+    model = VQVAE(cfg).eval()  # no EMA update between the calls below
+    slices = SimpleNamespace(images=np.zeros((4, 32, 32), np.uint8))
+    task = VQVAETask(model, slices, None, 8)  # type: ignore[arg-type]
+    x = torch.rand(4, 1, 32, 32)
+    last = model.decoder_output_weight()
+    assert last is model.decoder[-1].weight  # the layer that writes the image
+
+    def gradient_norms() -> tuple[float, float, float]:
+        loss, logs = task.loss(model, x)
+        recon = model(x).recon
+        rec = reconstruction_loss(recon, x, cfg)
+        gen, _ = hinge_losses(model.discriminator, recon.float(), x)
+        g_rec, g_gen = (
+            torch.autograd.grad(t, last, retain_graph=True)[0].norm() for t in (rec, gen)
+        )
+        return float(logs["gen_weight"]), float(g_rec), float(g_gen)
+
+    weight, g_rec, g_gen = gradient_norms()
+    assert weight * g_gen == pytest.approx(0.5 * g_rec, rel=1e-2)  # 1e-4 added below the line
+    # a discriminator ten times as loud gets a tenth of the weight: the same gradient
+    with torch.no_grad():
+        model.discriminator[-1].weight.mul_(10)
+        model.discriminator[-1].bias.mul_(10)
+    louder, _, _ = gradient_norms()
+    assert louder == pytest.approx(weight / 10, rel=1e-2)
+    task.cfg = model.cfg = cfg = get_preset("seed", adversarial_weight=0.5, image_size=32)
+    _, logs = task.loss(model, x)
+    assert float(logs["gen_weight"]) == 0.5  # without it, the weight as given

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from oasisvq.errors import ConfigError
-from oasisvq.prior.base import Draw, SamplingOptions, guide, inverse_cdf, make_cond, pick
+from oasisvq.prior.base import (
+    ConditionEmbedding,
+    Draw,
+    SamplingOptions,
+    guide,
+    inverse_cdf,
+    make_cond,
+    pick,
+)
 from oasisvq.prior.config import PriorConfig
 from oasisvq.prior.pixelcnn import MaskedConv2d, PixelCNN
 from oasisvq.prior.registry import PRIORS, build_prior, get_prior_config
@@ -147,6 +155,27 @@ def test_cond_at_every_feeds_the_condition_to_every_cell() -> None:
     moved = {k: (v[0] - v[1]).abs().flatten(1, 2).amax(-1) for k, v in logits.items()}
     assert (moved["every"] > 1e-4).all()
     assert moved["start"][0] > 1e-4 and (moved["start"][1:] == 0).all()
+
+
+def test_age_jitter_blurs_the_training_age_only() -> None:
+    cfg = dataclasses.replace(
+        get_prior_config("transformer", d_model=16, n_layers=1, condition="age", cond_dropout=0),
+        age_mean=50.0,
+        age_std=15.0,
+    )
+    ages = {"age": torch.tensor([30.0, 80.0, float("nan")])}
+    torch.manual_seed(0)
+    plain = ConditionEmbedding(cfg, 16).train()
+    jittered = ConditionEmbedding(dataclasses.replace(cfg, age_jitter=3.0), 16).train()
+    jittered.load_state_dict(plain.state_dict())
+    exact = plain(ages, 3)
+    assert torch.equal(exact, plain(ages, 3))  # no jitter: training sees the age as given
+    a, b = jittered(ages, 3), jittered(ages, 3)
+    assert not torch.allclose(a[:2], exact[:2]) and not torch.allclose(a[:2], b[:2])
+    assert torch.equal(a[2], exact[2])  # an unknown age stays unknown
+    assert torch.equal(jittered.eval()(ages, 3), exact)  # sampling reads the age as asked
+    with pytest.raises(ConfigError, match="age_jitter=-1"):
+        get_prior_config("transformer", age_jitter=-1)
 
 
 def test_cond_at_is_checked_and_old_priors_read_as_start() -> None:

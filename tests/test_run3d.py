@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from volume_toy import TINY3D, write_brains
 
@@ -17,12 +18,14 @@ from oasisvq import Run
 from oasisvq.cli import main
 from oasisvq.data.volumes3d import grid_affine
 from oasisvq.errors import ConfigError
+from oasisvq.model.discriminator import PatchDiscriminator
 from oasisvq.model.networks import VoxelShuffle
 from oasisvq.model.presets import PRESETS, get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.base import SamplingOptions
 from oasisvq.prior.config import PRIORS, get_prior_config
 from oasisvq.prior.registry import build_prior
+from oasisvq.runs import checkpoint
 from oasisvq.train.prior_run import VOLUME_BATCH, train_prior
 from oasisvq.train.vqvae_run import train_vqvae
 
@@ -197,18 +200,44 @@ def test_evaluate_samples_of_a_3d_prior_measures_conditioning(run3d: Path, tmp_p
     assert (run3d / "features3d").is_dir()  # the age/sex network is kept for the next call
 
 
+def test_finetune_decoder_of_a_3d_run_trains_against_a_3d_discriminator(
+    run3d: Path, tmp_path
+) -> None:
+    disc = PatchDiscriminator(width=4, dims=3)
+    assert disc(torch.rand(2, 1, 16, 24, 16)).shape == (2, 1, 2, 3, 2)  # one logit per patch
+    out = tmp_path / "adv"
+    args = ["finetune-decoder", str(run3d), "--out", str(out), "--epochs", "1"]
+    assert main([*args, "--adversarial-start", "1", "--batch-size", "4", "--amp", "off"]) == 0
+    before = load_file(str(checkpoint.latest(run3d) / "model.safetensors"))
+    after = load_file(str(checkpoint.latest(out) / "model.safetensors"))
+    for k, v in before.items():
+        if k.startswith(("encoder.", "quantizer.")):
+            assert torch.equal(v, after[k]), k
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("decoder."))
+    assert after["discriminator.0.weight"].shape == (16, 1, 4, 4, 4)
+    rows = json.loads((out / "history.json").read_text())
+    assert rows[-1]["train_disc"] > 0 and "train_gen" in rows[-1]
+    # every volume keeps its codes, so the conditional prior and the age/sex network carry over
+    parent, tuned = Run.open(run3d), Run.open(out)
+    volumes = np.asarray(parent.split("validate").volumes)
+    assert torch.equal(parent.encode(volumes), tuned.encode(volumes))
+    assert tuned.prior("transformer").cfg.condition == ("age", "sex")
+    assert (out / "features3d").is_dir() == (run3d / "features3d").is_dir()
+    a, _ = tuned.sample(2, "transformer", SamplingOptions(seed=1), {"age": 70, "sex": "F"})
+    b, _ = parent.sample(2, "transformer", SamplingOptions(seed=1), {"age": 70, "sex": "F"})
+    assert a.shape == b.shape == (2, 16, 16, 16) and not torch.equal(
+        a, b
+    )  # same codes, new decoder
+
+
 def test_2d_only_commands_refuse_a_3d_run_in_one_line(run3d: Path, tmp_path, capsys) -> None:
     image = tmp_path / "slice.png"
     image.write_bytes(b"")  # never read: the run is refused first
-    commands = [
-        ["inpaint", str(run3d), str(image), "--mask", str(image), "--out", str(tmp_path / "i")],
-        ["finetune-decoder", str(run3d), "--out", str(tmp_path / "f")],
-    ]
-    for args in commands:
-        assert main(args) == 2
-        err = capsys.readouterr().err.strip()
-        assert "whole volumes" in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "i").exists() and not (tmp_path / "f").exists()
+    args = ["inpaint", str(run3d), str(image), "--mask", str(image), "--out", str(tmp_path / "i")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "whole volumes" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "i").exists()
 
 
 def test_a_mirrored_3d_prior_also_trains_on_left_right_flipped_volumes(run3d: Path) -> None:

@@ -39,6 +39,7 @@ def run_finetune_decoder(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         adversarial_weight=args.adversarial_weight,
         adversarial_start=args.adversarial_start,
+        adversarial_adaptive=args.adversarial_adaptive,
         priors=priors,
         resume=args.resume,
         force=args.force,
@@ -107,6 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=260,
         help="optimizer steps the discriminator trains alone before its term joins the "
         "decoder's loss (default 260)",
+    )
+    p.add_argument(
+        "--adversarial-adaptive",
+        action="store_true",
+        help="scale the term so that its gradient at the decoder's last layer is "
+        "--adversarial-weight times the reconstruction loss's (VQGAN's adaptive weight)",
     )
     p.add_argument(
         "--priors", default="all", help="prior runs to copy: all, none or NAME,NAME (default all)"

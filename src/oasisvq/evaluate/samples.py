@@ -46,8 +46,8 @@ from oasisvq.evaluate.reference import (
 from oasisvq.figures import nearest_neighbour_figure, samples_figure
 from oasisvq.io import atomic_write, read_json, write_json
 from oasisvq.prior.base import Prior, SamplingOptions
-from oasisvq.prior.config import PriorConfig
 from oasisvq.prior.data import CodeSet
+from oasisvq.prior.maskgit import MaskGITPrior
 from oasisvq.prior.sampling import sample_codes
 from oasisvq.runs import Run
 from oasisvq.train.prior_run import uniform_bits
@@ -118,17 +118,14 @@ def setup(h: Held, settings: SampleEvaluation, options: SamplingOptions) -> dict
         "grid": list(cfg.grid),
         "codebook_size": cfg.codebook_size,
         "sampling": options.to_dict(),
-        **(masked_decoding(cfg, options) if cfg.arch == "maskgit" else {}),
+        **(masked_decoding(h.prior, options) if cfg.arch == "maskgit" else {}),
     }
 
 
-def masked_decoding(cfg: PriorConfig, options: SamplingOptions) -> dict:
+def masked_decoding(prior: MaskGITPrior, options: SamplingOptions) -> dict:
     """The steps and choice temperature a masked prior drew in: the options' or its own."""
-    choice = options.choice_temperature
-    return {
-        "steps": options.steps or cfg.steps,
-        "choice_temperature": cfg.choice_temperature if choice is None else choice,
-    }
+    steps, choice = prior.decoding(options.steps, options.choice_temperature)
+    return {"steps": steps, "choice_temperature": choice}
 
 
 def prior_training(prior_dir: Path) -> dict:

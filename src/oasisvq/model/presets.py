@@ -52,6 +52,11 @@ class VQVAEConfig:
         0  # optimizer steps the discriminator trains alone before the term joins
     )
     discriminator_width: int = 16  # channels of its first level (x2 per level)
+    # scale the term so that its gradient at the decoder's last layer is
+    # adversarial_weight times the reconstruction loss's (VQGAN's adaptive weight): a
+    # converged decoder's reconstruction gradient is tiny, and a fixed weight then lets the
+    # discriminator's gradient swamp it the moment the term joins
+    adversarial_adaptive: bool = False
     augment: bool = False  # training volumes changed at random (data/augment.py; 3D only)
     # the loss sees the output clamped to [0, 1], as evaluation and sampling do: outputs
     # below 0 cost nothing, so a masked (all-zero) background comes out exactly 0 instead

@@ -53,8 +53,12 @@ class VQVAE(nn.Module):
             raise ValueError(f"unknown arch {cfg.arch!r}")
         self.quantizer = build_quantizer(cfg.quantizer, cfg.dims)
         if cfg.adversarial_weight > 0:
-            self.discriminator = PatchDiscriminator(cfg.discriminator_width)
+            self.discriminator = PatchDiscriminator(cfg.discriminator_width, dims=cfg.dims)
         self.codes_frozen = False
+
+    def decoder_output_weight(self) -> nn.Parameter:
+        """The weight of the decoder's last layer (the one that writes the image)."""
+        return [p for name, p in self.decoder.named_parameters() if name.endswith("weight")][-1]
 
     def freeze_codes(self) -> None:
         """Fix the encoder and the codebook (no gradients, no EMA updates, no restarts), so

@@ -143,6 +143,8 @@ class ConditionEmbedding(nn.Module):
 
     def _scalar(self, key: str, value: Tensor) -> Tensor:
         known = self._drop(~torch.isnan(value))
+        if key == "age" and self.training and self.cfg.age_jitter > 0:
+            value = value + torch.randn_like(value) * self.cfg.age_jitter
         if key == "age":
             u = ((value - self.cfg.age_mean) / self.cfg.age_std + 3) / 6
         else:

@@ -51,6 +51,9 @@ class PriorConfig:
     cond_dropout: float = (
         0.1  # training: share of examples whose condition is replaced by "unknown"
     )
+    # training: std in years of Gaussian noise added to each known age, so that nearby
+    # ages teach the same thing; without it a rare age names one training subject
+    age_jitter: float = 0.0
     # transformer and maskgit: "start" = the condition is the first token only; "every" =
     # also added to every token's input, so each prediction sees it directly rather than
     # through attention (the pixelcnn adds it in every layer anyway)
@@ -70,6 +73,8 @@ class PriorConfig:
     def __post_init__(self) -> None:
         if self.cond_at not in COND_AT:
             raise ConfigError(f"cond_at={self.cond_at!r}: choose from {', '.join(COND_AT)}")
+        if not (math.isfinite(self.age_jitter) and self.age_jitter >= 0):
+            raise ConfigError(f"age_jitter={self.age_jitter}: expected a number of years >= 0")
 
     @property
     def cells(self) -> int:

@@ -228,7 +228,7 @@ class MaskGITPrior(Prior):
     ) -> Tensor:
         """Draw the cells of ``codes (n, *grid)`` where ``mask`` is True in ``steps``
         parallel steps (None: ``cfg.steps``), given every other cell (module docstring)."""
-        steps = self.cfg.steps if steps is None else int(steps)
+        steps, choice = self.decoding(steps, draw.choice_temperature)
         if steps < 1:
             raise ConfigError(f"steps {steps}: expected at least 1 (parallel decoding steps)")
         x = codes.flatten(1).masked_fill(mask.flatten(1), self.mask_id)  # (n, T)
@@ -239,7 +239,7 @@ class MaskGITPrior(Prior):
                 break
             ratio = (s + 1) / steps
             drawn, confidence = self._draw(
-                self._todo_features(x, todo, batch), batch, draw, 1 - ratio
+                self._todo_features(x, todo, batch), batch, draw, choice * (1 - ratio)
             )
             x[todo] = drawn
             keep = torch.minimum((n0 * cosine_ratio(ratio)).floor().long(), todo.sum(1) - 1)
@@ -248,6 +248,12 @@ class MaskGITPrior(Prior):
             todo = lowest(score, keep.clamp(min=0))
             x = x.masked_fill(todo, self.mask_id)
         return x.view_as(codes)
+
+    def decoding(self, steps: int | None, choice_temperature: float | None) -> tuple[int, float]:
+        """The steps and choice temperature a draw uses: those given, else the prior's own."""
+        steps = self.cfg.steps if steps is None else int(steps)
+        choice = self.cfg.choice_temperature if choice_temperature is None else choice_temperature
+        return steps, float(choice)
 
     def _todo_features(self, x: Tensor, todo: Tensor, batch: GuidedBatch) -> Tensor:
         """Features of the cells ``todo (n, T)`` of grids ``x (n, T)``, ``(copies, n_todo,
@@ -259,19 +265,18 @@ class MaskGITPrior(Prior):
         )
 
     def _draw(
-        self, feats: Tensor, batch: GuidedBatch, draw: Draw, anneal: float
+        self, feats: Tensor, batch: GuidedBatch, draw: Draw, noise: float
     ) -> tuple[Tensor, Tensor]:
-        """A code and its confidence, both ``(n_todo,)``, for each cell of ``feats``; the
-        logits are made ``DRAW_CHUNK`` cells at a time, so that on large codebooks the
-        passes over them (softmax, cumulative sum, log-probability) stay in cache."""
-        choice = draw.choice_temperature
-        choice = self.cfg.choice_temperature if choice is None else choice
+        """A code and its confidence (with Gumbel ``noise``), both ``(n_todo,)``, for each
+        cell of ``feats``; the logits are made ``DRAW_CHUNK`` cells at a time, so that on
+        large codebooks the passes over them (softmax, cumulative sum, log-probability)
+        stay in cache."""
         codes, confidence = [], []
         for i in range(0, feats.shape[1], DRAW_CHUNK):
             logits = batch.logits(self.head(feats[:, i : i + DRAW_CHUNK]).flatten(0, 1)).float()
             drawn, logp = draw.pick_with_logp(logits)
             codes.append(drawn)
-            confidence.append(self._confidence(logp, choice * anneal, draw.generator))
+            confidence.append(self._confidence(logp, noise, draw.generator))
         return torch.cat(codes), torch.cat(confidence)
 
     def _confidence(self, logp: Tensor, noise: float, generator: torch.Generator | None) -> Tensor:

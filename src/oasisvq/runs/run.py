@@ -60,7 +60,11 @@ def prior_dir(run_dir: Path, name: str) -> Path:
 def _as_batch(images: ArrayLike, device: torch.device, dims: int = 2) -> Tensor:
     """One image (volume), a batch of them, or a batch with a channel axis -> ``(N, 1, *S)``
     float in [0, 1] (uint8 is scaled) on ``device``."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    if not isinstance(images, Tensor):
+        images = np.asarray(images)
+        if not images.flags.writeable:  # a split's memory-mapped cache: torch wants a copy
+            images = images.copy()
+    x = torch.as_tensor(images)
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     x = x.float()

@@ -136,6 +136,7 @@ def finetune_decoder(
     epochs: int | None = None,
     adversarial_weight: float = 0.01,
     adversarial_start: int = 260,
+    adversarial_adaptive: bool = False,
     priors: list[str] | None = None,
     resume: bool = False,
     force: bool = False,
@@ -148,17 +149,13 @@ def finetune_decoder(
     are copied to ``out`` and stay valid there, and only how codes are drawn as images
     changes. The loss is the parent's reconstruction loss plus, with
     ``adversarial_weight`` > 0, a patch discriminator's (model/discriminator.py), which
-    trains alone for the first ``adversarial_start`` steps.
+    trains alone for the first ``adversarial_start`` steps; with ``adversarial_adaptive``
+    the weight is a ratio of gradients (``VQVAEConfig.adversarial_adaptive``).
     ``train_overrides`` are TrainConfig fields; the learning rate defaults to a tenth of
     the parent's.
     """
     parent = Path(parent)
     parent_run = None if resume else Run.open(parent)  # a missing parent creates nothing
-    if parent_run is not None and parent_run.dims == 3 and adversarial_weight > 0:
-        raise ConfigError(
-            f"{parent}: a run of whole volumes; the patch discriminator is 2D, so fine-tune "
-            "its decoder with --adversarial-weight 0"
-        )
     names = [] if parent_run is None else _prior_names(parent_run, priors)  # nor a wrong name
     data = None if parent_run is None else parent_run.data_root
     with open_run_dir(out, resume=resume, force=force, inputs=[parent, *_inputs(data)]) as out:
@@ -176,6 +173,7 @@ def finetune_decoder(
                 model_cfg,
                 adversarial_weight=adversarial_weight,
                 adversarial_start=adversarial_start,
+                adversarial_adaptive=adversarial_adaptive,
             )
             set_ = {k: v for k, v in train_overrides.items() if v is not None}
             train_cfg = dataclasses.replace(
@@ -214,13 +212,15 @@ def _prior_names(parent: Run, priors: list[str] | None) -> list[str]:
 
 
 def _share_codes_and_priors(parent: Path, out: Path, names: list[str]) -> None:
-    """Copy what depends on codes and data alone: ``priors/codes_*.npz``, ``features/`` and
-    the latest checkpoint of each prior run ``names``."""
+    """Copy what depends on codes and data alone: ``priors/codes_*.npz``, the feature
+    network (``features/``, or the age/sex network ``features3d/`` of a run of volumes)
+    and the latest checkpoint of each prior run ``names``."""
     (out / "priors").mkdir(parents=True, exist_ok=True)
     for f in (parent / "priors").glob("codes_*.npz"):
         shutil.copy2(f, out / "priors" / f.name)
-    if (parent / "features").is_dir():
-        shutil.copytree(parent / "features", out / "features", ignore=_locks)
+    for features in ("features", "features3d"):
+        if (parent / features).is_dir():
+            shutil.copytree(parent / features, out / features, ignore=_locks)
     for name in names:
         src, dst = parent / "priors" / name, out / "priors" / name
         ckpt = checkpoint.latest(src)

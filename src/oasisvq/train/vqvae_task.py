@@ -93,10 +93,22 @@ class VQVAETask:
             with torch.autocast(x.device.type, enabled=x.device.type != "cpu"):
                 g_loss, d_loss = hinge_losses(self.model.discriminator, recon.float(), x)
             # the decoder answers a discriminator that has learnt something, not a random one
-            g_weight = self.cfg.adversarial_weight * (self.step >= self.cfg.adversarial_start)
+            joined = self.step >= self.cfg.adversarial_start
+            g_weight = torch.tensor(self.cfg.adversarial_weight * joined, device=x.device)
+            if joined and self.cfg.adversarial_adaptive:
+                g_weight = g_weight * self._balance(rec, g_loss)
             loss = loss + g_weight * g_loss + d_loss
-            logs.update(gen=g_loss.detach(), disc=d_loss.detach())
+            logs.update(gen=g_loss.detach(), disc=d_loss.detach(), gen_weight=g_weight)
         return loss, logs
+
+    def _balance(self, rec: Tensor, g_loss: Tensor) -> Tensor:
+        """``|grad rec| / |grad g_loss|`` at the decoder's last weight, detached and at most
+        1e4 (Esser et al., 2021, eq. 7): times ``adversarial_weight``, the generator term's
+        gradient there is that fraction of the reconstruction loss's."""
+        last = self.model.decoder_output_weight()
+        g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+        g_gen = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        return (g_rec.norm() / (g_gen.norm() + 1e-4)).clamp(max=1e4).detach()
 
     def start_epoch(self) -> None:
         self.counts = torch.zeros_like(self.counts)
