@@ -53,9 +53,8 @@ class VQVAEConfig:
     )
     discriminator_width: int = 16  # channels of its first level (x2 per level)
     # scale the term so that its gradient at the decoder's last layer is
-    # adversarial_weight times the reconstruction loss's (VQGAN's adaptive weight): a
-    # converged decoder's reconstruction gradient is tiny, and a fixed weight then lets the
-    # discriminator's gradient swamp it the moment the term joins
+    # adversarial_weight times the reconstruction loss's (VQGAN's adaptive weight), so the
+    # weight means the same whatever the scale of the discriminator's output
     adversarial_adaptive: bool = False
     augment: bool = False  # training volumes changed at random (data/augment.py; 3D only)
     # the loss sees the output clamped to [0, 1], as evaluation and sampling do: outputs
