@@ -178,6 +178,27 @@ def test_age_jitter_blurs_the_training_age_only() -> None:
         get_prior_config("transformer", age_jitter=-1)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "want"),
+    [
+        ("dropout", "abc", "a finite number"),
+        ("age_jitter", float("nan"), "a finite number"),
+        ("mirror", 1, "true or false"),
+        ("n_layers", 2.5, "a whole number"),
+        ("d_model", True, "a whole number"),
+    ],
+)
+def test_prior_options_of_the_wrong_type_are_one_line_errors(
+    option: str, value: object, want: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{option}=.*: expected {want}$"):
+        get_prior_config("transformer", **{option: value})
+    saved = {**get_prior_config("transformer").to_dict(), option: value}  # a stranger's file
+    with pytest.raises(ConfigError, match=want):
+        PriorConfig.from_dict(saved)
+    assert get_prior_config("transformer", dropout=0).dropout == 0  # an int is a number
+
+
 def test_cond_at_is_checked_and_old_priors_read_as_start() -> None:
     saved = get_prior_config("transformer").to_dict()
     del saved["cond_at"]  # a prior saved before the option existed

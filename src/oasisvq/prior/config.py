@@ -20,6 +20,22 @@ SEXES = ("F", "M")  # the "sex" condition's values 0 and 1
 COND_AT = ("start", "every")
 
 
+def _check_type(name: str, value: object, default: object) -> None:
+    """A field whose default is a bool, int or float holds one (an int where a float is
+    expected; a float that is finite), else a one-line ConfigError."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok, want = ok and math.isfinite(value), "a finite number"  # type: ignore[arg-type]
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"prior option {name}={value!r}: expected {want}")
+
+
 @dataclass
 class PriorConfig:
     name: str
@@ -71,9 +87,11 @@ class PriorConfig:
     age_std: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # an --option or a saved config may hold any JSON value
+            _check_type(f.name, getattr(self, f.name), f.default)
         if self.cond_at not in COND_AT:
             raise ConfigError(f"cond_at={self.cond_at!r}: choose from {', '.join(COND_AT)}")
-        if not (math.isfinite(self.age_jitter) and self.age_jitter >= 0):
+        if self.age_jitter < 0:
             raise ConfigError(f"age_jitter={self.age_jitter}: expected a number of years >= 0")
 
     @property
