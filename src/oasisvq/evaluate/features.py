@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from oasisvq.data.slices import SliceSet
 from oasisvq.io import exclusive  # the lock the data cache uses too
 from oasisvq.runs import checkpoint
+from oasisvq.runs.rundir import FEATURES_DIRS
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import EpochStatsless, train_task
 
@@ -202,7 +203,7 @@ def feature_net(
     """The feature network of ``data_root``: loaded from ``RUN/features/<key>/`` or trained
     there first (with the shared engine), in eval mode on the CPU."""
 
-    out = Path(run_dir) / "features" / feature_key(data_root, data_options)
+    out = Path(run_dir) / FEATURES_DIRS[2] / feature_key(data_root, data_options)
     with exclusive(out.with_name(out.name + ".lock")):
         n_classes = len(train.class_names) if (train.classes >= 0).any() else 0
         with_position = bool(np.isfinite(train.positions).any())

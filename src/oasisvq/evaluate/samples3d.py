@@ -50,6 +50,7 @@ from oasisvq.figures import volume_views
 from oasisvq.io import write_json
 from oasisvq.prior.base import SamplingOptions
 from oasisvq.runs import Run
+from oasisvq.runs.rundir import FEATURES_DIRS
 
 CONDITION_KEYS = [
     f"{m}{real}" for real in ("", "_real") for m in ("age_correlation", "age_mae", "sex_accuracy")
@@ -99,7 +100,7 @@ def evaluate_volume_prior(
     train, validate = _arrays(h.train), _arrays(run.split("validate", settings.data_root))
     kw = {} if settings.feature_epochs is None else {"epochs": settings.feature_epochs}
     key = data_key(train, validate, kw)
-    net = volume_net(train, validate, run.path / "features3d", key, **kw)
+    net = volume_net(train, validate, run.path / FEATURES_DIRS[3], key, **kw)
     p_samples, p_held = predict(net, samples), predict(net, h.held.volumes)
     p_train = predict(net, h.train.volumes)
     result["frechet"] = {

@@ -20,6 +20,9 @@ from oasisvq.runs import checkpoint
 
 RUN_KINDS = ("vqvae", "prior", "features")  # the "kind" of a config.json this tool writes
 LOCK = ".lock"
+# a run's folders for networks trained on its images alone, not on its codes (so a
+# decoder fine-tune keeps them): the 2D feature network and the 3D age/sex network
+FEATURES_DIRS = {2: "features", 3: "features3d"}
 
 Inputs = Iterable[Path | str | None]
 

@@ -13,7 +13,7 @@ from oasisvq.errors import ConfigError
 from oasisvq.model.presets import VQVAEConfig, get_preset
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.runs import Run, checkpoint, read_kind
-from oasisvq.runs.rundir import open_run_dir
+from oasisvq.runs.rundir import FEATURES_DIRS, open_run_dir
 from oasisvq.train.config import TrainConfig
 from oasisvq.train.engine import train_task
 from oasisvq.train.history import History
@@ -218,7 +218,7 @@ def _share_codes_and_priors(parent: Path, out: Path, names: list[str]) -> None:
     (out / "priors").mkdir(parents=True, exist_ok=True)
     for f in (parent / "priors").glob("codes_*.npz"):
         shutil.copy2(f, out / "priors" / f.name)
-    for features in ("features", "features3d"):
+    for features in FEATURES_DIRS.values():
         if (parent / features).is_dir():
             shutil.copytree(parent / features, out / features, ignore=_locks)
     for name in names:
