@@ -505,12 +505,14 @@ def volumes(results: Path) -> Iterator[Table]:
         "a 3D network trained on the real training volumes (beside its accuracy on the real "
         "held-out volumes, the ceiling), memorisation, diversity and the Fréchet distance in "
         "that network's features. Memorised: the share of samples nearer a training volume "
-        "(SSIM-3D) than the 99th percentile of real held-out volumes; in brackets the same "
-        "among reconstructions (samples against decoded training volumes, threshold from "
-        "decoded held-out ones), and the raw share the held-out volumes' own reconstructions "
-        "reach (what a prior drawing new subjects perfectly would score: the decoder's "
-        "smoothing alone moves a volume nearer the training set). Diversity in brackets: "
-        "the held-out volumes' reconstructions.",
+        "(SSIM-3D) than the 99th percentile of real held-out volumes, with its Wilson 95% "
+        "interval over the samples; in round brackets the share of the real held-out "
+        "volumes themselves, each against the percentile of the others (what new real "
+        "scans would score), the share among reconstructions (samples against decoded "
+        "training volumes, threshold from decoded held-out ones), and the raw share the "
+        "held-out volumes' own reconstructions reach (what a prior drawing new subjects "
+        "perfectly would score: the decoder's smoothing alone moves a volume nearer the "
+        "training set). Diversity in brackets: the held-out volumes' reconstructions.",
         _sources(samples),
         [
             ("VQ-VAE run", lambda r: _run_label(r["setup"])),
@@ -526,7 +528,7 @@ def volumes(results: Path) -> Iterator[Table]:
             ("age r (real)", "{age_correlation:.2f} ({age_correlation_real:.2f})"),
             ("age MAE, years (real)", "{age_mae:.1f} ({age_mae_real:.1f})"),
             ("sex accuracy (real)", "{sex_accuracy:.2f} ({sex_accuracy_real:.2f})"),
-            ("memorised (recon. space; real recon.)", _memorised3d),
+            ("memorised [95%] (real scans; recon. space; real recon.)", _memorised3d),
             ("diversity samples / real (recon.)", _diversity3d),
             (
                 "FD (x real-vs-real)",
@@ -538,15 +540,49 @@ def volumes(results: Path) -> Iterator[Table]:
     )
 
 
+def memorisation_floor(results: Path) -> Iterator[Table]:
+    for r in load(results, "memorisation_floor-*.json"):
+        yield Table(
+            "What a perfect prior would score as memorised, decoder by decoder",
+            f"The {r['split']} split's own code grids of {_data_name(r['data'])}, decoded by "
+            "each run and measured by the rule of `evaluate-samples`: the share nearer a "
+            "training volume (SSIM) than the 99th percentile of the real held-out ones, with "
+            f"its 95% interval over {r['n_held_out']}. The real held-out scans themselves, "
+            "each against the percentile of the others, score "
+            f"{_share(r['memorised_share_of_real'])}.",
+            _sources([r]),
+            [
+                ("VQ-VAE run", lambda x: _run_label(x["setup"])),
+                ("NN-SSIM decoded (real)", lambda x, r=r: _nn_pair(x, r)),
+                ("memorised [95%]", _memorised3d_floor),
+            ],
+            r["rows"],
+        )
+
+
+def _nn_pair(x: dict, r: dict) -> str:
+    return f"{x['nn_ssim_mean']:.3f} ({r['nn_ssim_real_mean']:.3f})"
+
+
+def _memorised3d_floor(x: dict) -> str:
+    return _memorised3d({"memorisation": x})
+
+
 def _memorised3d(r: dict) -> str:
-    """Raw share, then (reconstruction space; raw share of the held-out reconstructions)."""
+    """Raw share [95% interval], then (real scans; reconstruction space; the held-out
+    reconstructions' raw share), each where the result has it."""
     m = r["memorisation"]
-    if "memorised_share_recon_space" not in m:
-        return _share(m["memorised_share"])
-    extra = [_share(m["memorised_share_recon_space"])]
-    if "memorised_share_of_real_reconstructions" in m:
-        extra.append(_share(m["memorised_share_of_real_reconstructions"]))
-    return f"{_share(m['memorised_share'])} ({'; '.join(extra)})"
+    out = _share(m["memorised_share"])
+    if "memorised_share_ci95" in m:
+        low, high = m["memorised_share_ci95"]
+        out += f" [{100 * low:.1f}-{100 * high:.1f}]"
+    keys = (
+        "memorised_share_of_real",
+        "memorised_share_recon_space",
+        "memorised_share_of_real_reconstructions",
+    )
+    extra = [_share(m[k]) for k in keys if k in m]
+    return out + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _diversity3d(r: dict) -> str:
@@ -559,6 +595,7 @@ SECTIONS: tuple[Callable[[Path], Iterator[Table]], ...] = (
     quality,
     priors,
     volumes,
+    memorisation_floor,
     sweeps,
     blur,
     rate_distortion,

@@ -87,6 +87,20 @@ def test_a_masked_priors_label_names_its_steps_precision_and_choice_temperature(
     assert report._prior_label(ar) == "`transformer`"
 
 
+def test_the_3d_memorised_cell_shows_the_interval_and_the_real_shares_it_has() -> None:
+    full = {
+        "memorised_share": 5 / 64,
+        "memorised_share_ci95": [0.0338, 0.1706],
+        "memorised_share_of_real": 1 / 23,
+        "memorised_share_recon_space": 0.0,
+        "memorised_share_of_real_reconstructions": 11 / 23,
+    }
+    assert report._memorised3d({"memorisation": full}) == "7.8% [3.4-17.1] (4.3%; 0.0%; 47.8%)"
+    older = {"memorised_share": 0.25, "memorised_share_recon_space": 0.0}
+    assert report._memorised3d({"memorisation": older}) == "25.0% (0.0%)"
+    assert report._memorised3d({"memorisation": {"memorised_share": 0.5}}) == "50.0%"
+
+
 def test_commands_are_shown_as_run_from_the_repository_root() -> None:
     shown = report.shown_command(
         "/usr/bin/python3 benchmarks/fd_blur.py --run /srv/runs/m1 --data ../x/data/oasis --n 2"

@@ -3,6 +3,7 @@ brains, a prior conditioned on age and sex, NIfTI samples and reconstructions.""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from volume_toy import TINY3D, write_brains
 
 from oasisvq import Run
 from oasisvq.cli import main
+from oasisvq.data.torch_dataset import to_uint8
 from oasisvq.data.volumes3d import grid_affine
 from oasisvq.errors import ConfigError
+from oasisvq.evaluate.volume_samples import nearest_volumes
 from oasisvq.model.discriminator import PatchDiscriminator
 from oasisvq.model.networks import VoxelShuffle
 from oasisvq.model.presets import PRESETS, get_preset
@@ -191,6 +194,9 @@ def test_evaluate_samples_of_a_3d_prior_measures_conditioning(run3d: Path, tmp_p
     mem, div = r["memorisation"], r["diversity"]
     assert 0 <= mem["memorised_share_recon_space"] <= 1
     assert 0 <= mem["exact_code_copy_share"] <= 1
+    # the interval is over the 6 samples; real volumes are judged against the others
+    assert mem["memorised_share_ci95"][1] - mem["memorised_share_ci95"][0] > 0.3
+    assert 0 <= r["memorised_share_of_real"] <= 1
     assert 0 < div["real_reconstructions"] <= 1
     # the decoded held-out volumes are cached beside their codes for the next call
     assert (run3d / "priors" / "recon_test.npz").is_file()
@@ -254,3 +260,26 @@ def test_a_mirrored_3d_prior_also_trains_on_left_right_flipped_volumes(run3d: Pa
     flipped = np.ascontiguousarray(volumes[:, ::-1])  # RAS: x runs left to right
     assert np.array_equal(mirrored, run.encode(flipped).numpy())
     assert not np.array_equal(mirrored, run.encode(np.asarray(volumes)).numpy())
+
+
+def test_the_memorisation_floor_measures_decoded_held_out_codes_by_the_samples_rule(
+    run3d: Path,
+) -> None:
+    from benchmarks import memorisation_floor
+
+    args = argparse.Namespace(runs=[str(run3d), str(run3d)], data=None, split="validate")
+    result = memorisation_floor.floor(args)
+    run = Run.open(run3d)
+    train, held = run.split("train").volumes, run.split("validate").volumes
+    _, real = nearest_volumes(held, train)
+    threshold = np.percentile(real, 99)
+    assert result["n_held_out"] == 4 and result["nn_ssim_real_p99"] == pytest.approx(threshold)
+    # the held-out volumes through the quantizer, as a prior drawing them would decode them
+    decoded = to_uint8(run.reconstruct(np.asarray(held, np.float32) / 255))
+    _, nn = nearest_volumes(decoded, train)
+    first, second = result["rows"]
+    assert first == second and first["setup"]["preset"] == "compact3d"
+    assert first["nn_ssim_mean"] == pytest.approx(nn.mean())
+    assert first["memorised_share"] == pytest.approx((nn > threshold).mean())
+    low, high = first["memorised_share_ci95"]
+    assert low <= first["memorised_share"] <= high

@@ -317,6 +317,7 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "uniform_bits_per_image",
         "nn_ssim_mean",
         "memorised_share",
+        "memorised_share_of_real",
         "diversity_ms_ssim_samples",
         "diversity_ms_ssim_real",
         "frechet_distance",
@@ -332,6 +333,8 @@ def test_evaluate_samples(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = json.loads((tiny / "run" / "config.json").read_text())
     assert setup["preset"] == saved["model"]["name"]
     assert 0 < r["nll_bits_per_image"] and 0 <= r["memorised_share"] <= 1
+    low, high = r["memorisation"]["memorised_share_ci95"]
+    assert 0 <= low <= r["memorised_share"] <= high <= 1 and high > low
     assert -1 <= r["nn_ssim_mean"] <= 1 + 1e-5 and 0 <= r["diversity_ms_ssim_samples"] <= 1 + 1e-5
     assert r["frechet_distance"] >= 0 and r["frechet_distance_real_vs_real"] >= 0
     assert r["frechet"]["real_vs_mirrored"] >= 0 and setup["mirror"] is False  # the default

@@ -81,6 +81,8 @@ def test_copies_of_training_volumes_are_memorised_and_noise_is_not() -> None:
         "nn_ssim_real_mean",
         "nn_ssim_real_p99",
         "memorised_share",
+        "memorised_share_ci95",
+        "memorised_share_of_real",
     }
     threshold = out["nn_ssim_real_p99"]
     assert 0 < threshold < 0.99
@@ -88,6 +90,8 @@ def test_copies_of_training_volumes_are_memorised_and_noise_is_not() -> None:
     assert np.all(found["ssim"][5:] < threshold)
     assert found["idx"][:5].tolist() == [0, 5, 9, 1, 2]
     assert out["memorised_share"] == pytest.approx(5 / 8)
+    low, high = out["memorised_share_ci95"]
+    assert 0.3 < low < 5 / 8 < high < 0.9
     _, real = V.nearest_volumes(held, train)
     assert out["nn_ssim_real_mean"] == pytest.approx(real.mean())
     noise_only, _ = V.volume_memorisation(_noise(4, seed=6), train, held)
@@ -131,9 +135,13 @@ def test_evaluate_volume_samples_uses_the_2d_keys() -> None:
     # the held-out volumes themselves: 1 of 4 lies above their own 99th percentile
     assert mem["memorised_share_of_real_reconstructions"] == pytest.approx(0.25)
     assert out["memorisation"]["memorised_share"] == pytest.approx(0.5)
+    # each held-out volume against the 99th percentile of the other three: the one
+    # nearest the training split always lies above it
+    assert 0.25 <= mem["memorised_share_of_real"] < 1
     flat = {
         "nn_ssim_mean",
         "memorised_share",
+        "memorised_share_of_real",
         "diversity_ms_ssim_samples",
         "diversity_ms_ssim_real",
     }

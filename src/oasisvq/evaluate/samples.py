@@ -9,9 +9,10 @@ defines each):
   wrong and an unknown condition. A prior without an exact likelihood reports what it
   gives instead and says so (``likelihood.kind``);
 * ``memorisation``: each sample's SSIM to its nearest training image against the 99th
-  percentile of real held-out images' (``raw``), the same between reconstructions
-  (``recon``: both sides through the same decoder, so a copied training grid scores 1),
-  and exact copies of training code grids;
+  percentile of real held-out images' (``raw``) with its 95% interval and what real
+  held-out images score by the same rule (:func:`oasisvq.evaluate.reference.memorised_shares`),
+  the same between reconstructions (``recon``: both sides through the same decoder, so
+  a copied training grid scores 1), and exact copies of training code grids;
 * ``diversity``: mean MS-SSIM over random pairs of samples, of real held-out images
   and of their reconstructions (lower = more diverse);
 * ``frechet``: distances in the features of :mod:`oasisvq.evaluate.features` between
@@ -38,8 +39,10 @@ from oasisvq.data.torch_dataset import to_uint8
 from oasisvq.errors import RunError
 from oasisvq.evaluate.features import FeatureNet, extract, feature_net, frechet_distance
 from oasisvq.evaluate.reference import (
+    MEMORISED_PERCENTILE,
     RealReference,
     mean_pairwise_similarity,
+    memorised_shares,
     nearest_neighbours,
     real_reference,
 )
@@ -58,6 +61,7 @@ FLAT_KEYS = {  # top-level alias -> (section, key)
     "uniform_bits_per_image": ("likelihood", "uniform_bits_per_image"),
     "nn_ssim_mean": ("memorisation", "nn_ssim_mean"),
     "memorised_share": ("memorisation", "memorised_share"),
+    "memorised_share_of_real": ("memorisation", "memorised_share_of_real"),
     "diversity_ms_ssim_samples": ("diversity", "samples"),
     "diversity_ms_ssim_real": ("diversity", "real"),
     "frechet_distance": ("frechet", "samples"),
@@ -272,13 +276,13 @@ def memorisation(
     nn_idx, nn_ssim = nearest_neighbours(samples, h.train.images, candidates)
     rnn_idx, rnn_ssim = nearest_neighbours(samples, recon["train"], candidates)
     _, rreal_ssim = nearest_neighbours(recon["held"], recon["train"], candidates)
-    threshold = float(np.percentile(rreal_ssim, 99))
+    threshold = float(np.percentile(rreal_ssim, MEMORISED_PERCENTILE))
     out = {
         "nn_ssim_mean": float(nn_ssim.mean()),
         "nn_ssim_median": float(np.median(nn_ssim)),
         "nn_ssim_real_mean": float(real.nn_ssim.mean()),
         "nn_ssim_real_p99": real.nn_ssim_p99,
-        "memorised_share": float((nn_ssim > real.nn_ssim_p99).mean()),
+        **memorised_shares(nn_ssim, real.nn_ssim),
         "nn_ssim_mean_recon_space": float(rnn_ssim.mean()),
         "nn_ssim_real_mean_recon_space": float(rreal_ssim.mean()),
         "nn_ssim_real_p99_recon_space": threshold,

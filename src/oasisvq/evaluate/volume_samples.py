@@ -9,7 +9,8 @@ uint8, or float in ``[0, 1]``, all of one shape.
   nearest training volume (``nn_ssim_*``), the same for the real held-out volumes
   (``nn_ssim_real_*``), and ``memorised_share``: the share of samples closer to the
   training split than ``nn_ssim_real_p99``, the 99th percentile of the held-out
-  volumes' nearest-training SSIM.
+  volumes' nearest-training SSIM, with its 95% interval and the share real held-out
+  volumes reach by the same rule (:func:`oasisvq.evaluate.reference.memorised_shares`).
 * ``diversity``: mean MS-SSIM-3D (:func:`oasisvq.metrics.ms_ssim3d`) over random pairs
   of samples (``samples``) and of held-out volumes (``real``); as in 2D this is a
   similarity: lower = more diverse, 1 = all alike (zero diversity).
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from oasisvq import metrics
-from oasisvq.evaluate.reference import random_pairs
+from oasisvq.evaluate.reference import MEMORISED_PERCENTILE, memorised_shares, random_pairs
 from oasisvq.evaluate.samples import FLAT_KEYS
 
 PREFILTER_FACTOR = 4
@@ -176,13 +177,13 @@ def volume_memorisation(
         raise ValueError("no held-out volumes: the memorisation threshold needs some")
     nn_idx, nn_ssim = nearest_volumes(samples, train, candidates)
     _, real_ssim = nearest_volumes(held, train, candidates)
-    threshold = float(np.percentile(real_ssim, 99))
+    threshold = float(np.percentile(real_ssim, MEMORISED_PERCENTILE))
     out = {
         "nn_ssim_mean": float(nn_ssim.mean()),
         "nn_ssim_median": float(np.median(nn_ssim)),
         "nn_ssim_real_mean": float(real_ssim.mean()),
         "nn_ssim_real_p99": threshold,
-        "memorised_share": float((nn_ssim > threshold).mean()),
+        **memorised_shares(nn_ssim, real_ssim),
     }
     if reconstructions is not None:
         recon_train, recon_held = reconstructions["train"], reconstructions["held"]
@@ -192,7 +193,7 @@ def volume_memorisation(
         _, rnn_ssim = nearest_volumes(samples, recon_train, candidates)
         _, rreal_ssim = nearest_volumes(recon_held, recon_train, candidates)
         _, held_recon_ssim = nearest_volumes(recon_held, train, candidates)
-        rthreshold = float(np.percentile(rreal_ssim, 99))
+        rthreshold = float(np.percentile(rreal_ssim, MEMORISED_PERCENTILE))
         out.update(
             {
                 # what a prior drawing exactly the held-out volumes' codes would score
