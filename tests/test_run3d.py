@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 from volume_toy import TINY3D, write_brains
 
-from oasisvq import Run
+from oasisvq import Run, metrics
 from oasisvq.cli import main
 from oasisvq.data.torch_dataset import to_uint8
 from oasisvq.data.volumes3d import grid_affine
@@ -283,3 +283,55 @@ def test_the_memorisation_floor_measures_decoded_held_out_codes_by_the_samples_r
     assert first["memorised_share"] == pytest.approx((nn > threshold).mean())
     low, high = first["memorised_share_ci95"]
     assert low <= first["memorised_share"] <= high
+
+
+def test_the_studio_samples_shows_and_exports_volumes_of_a_3d_run(run3d: Path, tmp_path) -> None:
+    from oasisvq.studio import backend
+    from oasisvq.studio import volumes as SV
+
+    st = backend.open_run(run3d)
+    assert backend.overview(st)["grid"] == [4, 4, 4]
+    s = SV.sample_volumes(st, 2, "transformer", {"age": 80, "sex": "F"}, 3.0, 1.0, None, 5)
+    assert s.images.shape == (2, 16, 16, 16) and s.codes.shape == (2, 4, 4, 4)
+    again = SV.sample_volumes(st, 2, "transformer", {"age": 80, "sex": "F"}, 3.0, 1.0, None, 5)
+    assert np.array_equal(s.codes, again.codes)  # the same seed draws the same
+    # the views are the three centre slices, side by side
+    view = SV.views(s.images[0])
+    assert view.shape == (16, 16 * 3 + 2 * SV.GAP)
+    np.testing.assert_array_equal(view[:, :16], s.images[0][8].T[::-1])  # sagittal
+    np.testing.assert_array_equal(view[:, -16:], s.images[0][:, :, 8].T[::-1])  # axial
+    zipped = SV.export_nifti_zip(st, s, tmp_path / "v.zip")
+    import zipfile
+
+    with zipfile.ZipFile(zipped) as z:
+        names = set(z.namelist())
+        assert {"volumes/sample_000.nii.gz", "volumes/sample_001.nii.gz", "codes.npy"} <= names
+        z.extract("volumes/sample_001.nii.gz", tmp_path)
+        assert json.loads(z.read("settings.json"))["conditions"] == {"age": 80, "sex": "F"}
+    img = nib.load(tmp_path / "volumes" / "sample_001.nii.gz")
+    np.testing.assert_allclose(img.affine, grid_affine((16, 16, 16), 2.0))
+    np.testing.assert_allclose(img.get_fdata(), s.images[1], atol=1e-6)
+    with pytest.raises(ConfigError, match="9 volumes: ask for 1 to 8"):
+        SV.sample_volumes(st, 9, None, None, 1.0, 1.0, None, 0)
+
+
+def test_the_studio_reconstructs_a_subject_of_a_3d_run(run3d: Path) -> None:
+    from oasisvq.studio import backend
+    from oasisvq.studio import volumes as SV
+
+    st = backend.open_run(run3d)
+    assert set(SV.volume_splits(st)) == {"train", "validate", "test"}
+    labels = SV.subjects(st, "validate")
+    data = Run.open(run3d).split("validate")
+    assert len(labels) == 4 and labels[0].startswith(data.subjects[0])
+    assert labels[0].endswith(("F", "M")) and " y " in labels[0]
+    r = SV.reconstruct_subject(st, "validate", 1)
+    original = np.asarray(data.volumes[1], np.float32) / 255
+    np.testing.assert_allclose(r["original"], original)
+    expected = Run.open(run3d).reconstruct(original[None])[0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(r["reconstruction"], expected, atol=1e-5)
+    x, y = (torch.from_numpy(v)[None, None] for v in (original, expected))
+    assert r["ssim"] == pytest.approx(float(metrics.ssim3d(x, y)[0]), abs=1e-5)
+    assert r["codes"].shape == (4, 4, 4)
+    with pytest.raises(ConfigError, match="validate has 4 volumes"):
+        SV.reconstruct_subject(st, "validate", 4)

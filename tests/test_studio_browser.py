@@ -40,6 +40,14 @@ def _require() -> None:
         pytest.skip(why)
 
 
+def serve(run: str | Path, env: dict) -> driver.Server:
+    """``oasisvq studio RUN`` started, or the test failed with its output."""
+    try:
+        return driver.Server(run, env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """``oasisvq studio RUN --port P`` in a subprocess; yields its address."""
@@ -51,10 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("OASISVQ_CACHE", cache["OASISVQ_CACHE"])
             run = make_run(base)
-    try:
-        server = driver.Server(run, cache)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+    server = serve(run, cache)
     yield server.url
     assert server.stop() == 0, server.log()  # SIGTERM stops it cleanly
 

@@ -58,3 +58,17 @@ def write_brains(
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+def make_volume_run(base: Path) -> Path:
+    """Write tiny brains to ``base/data`` and train a 3D run on them in ``base/run`` (a
+    few seconds): the tiny VQ-VAE and a transformer prior conditioned on age and sex."""
+    from oasisvq.train.prior_run import train_prior
+    from oasisvq.train.vqvae_run import train_vqvae
+
+    write_brains(base / "data", n_train=12, n_validate=4, n_test=2)
+    run = base / "run"
+    train_vqvae(str(base / "data"), run, preset="compact3d", epochs=2, model_overrides=TINY3D)
+    options = {"d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8}
+    train_prior(run, prior="transformer", condition="age,sex", epochs=1, options=options)
+    return run

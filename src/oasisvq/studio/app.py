@@ -32,6 +32,7 @@ from oasisvq.studio.page import KEEP_S, Page, tab_training
 from oasisvq.studio.tab_edit import edit_tab
 from oasisvq.studio.tab_images import codes_tab, reconstruct_tab
 from oasisvq.studio.tab_prior import sample_tab, surprise_tab
+from oasisvq.studio.tab_volumes import sample_volumes_tab, subjects_tab
 
 CSS = """
 .studio-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
@@ -75,11 +76,15 @@ def build(st: backend.Studio, workdir: Path, public: bool = False) -> gr.Blocks:
         page = Page.create(st, workdir)
         gr.Markdown(_header(st, public), elem_id="header")
         with gr.Tabs(elem_id="tabs") as page.tabs:
-            reconstruct_tab(page, demo)
-            codes_tab(page)
-            sample_tab(page, demo)
-            edit_tab(page, demo)
-            surprise_tab(page, demo)
+            if st.model.dims == 3:
+                sample_volumes_tab(page, demo)
+                subjects_tab(page, demo)
+            else:
+                reconstruct_tab(page, demo)
+                codes_tab(page)
+                sample_tab(page, demo)
+                edit_tab(page, demo)
+                surprise_tab(page, demo)
             tab_training(page)
     return demo
 
@@ -88,10 +93,16 @@ def _header(st: backend.Studio, public: bool) -> str:
     o = backend.overview(st)
     priors = ", ".join(o["priors"]) or "none (train one with `oasisvq train-prior`)"
     warn = "\n\n**Open to the network without authentication.**" if public else ""
+    cfg = st.model.config
+    if cfg.dims == 3:
+        shape = "x".join(map(str, cfg.volume_shape))
+        what = f"{shape} volumes at {cfg.voxel_mm:g} mm, {'x'.join(map(str, cfg.grid_shape))} grid"
+    else:
+        what = f"{o['image_size']}px images, {o['grid']}x{o['grid']} grid"
     return (
-        f"## OASISVQ Studio\n`{o['run']}`: preset `{o['preset']}`, {o['image_size']}px images, "
-        f"{o['grid']}x{o['grid']} grid of {o['codebook_size']} codes "
-        f"({o['bits_per_image']:.0f} bits/image); data: {o['data']}; priors: {priors}{warn}"
+        f"## OASISVQ Studio\n`{o['run']}`: preset `{o['preset']}`, {what} of "
+        f"{o['codebook_size']} codes ({o['bits_per_image']:.0f} bits/"
+        f"{'volume' if cfg.dims == 3 else 'image'}); data: {o['data']}; priors: {priors}{warn}"
     )
 
 

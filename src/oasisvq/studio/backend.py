@@ -1,4 +1,5 @@
-"""Everything the Studio asks of the package, in one module: plain functions over numpy.
+"""What the Studio asks of the package: plain functions over numpy (those of runs of
+whole volumes: :mod:`oasisvq.studio.volumes`).
 
 Images are ``(S, S)`` arrays, uint8 ``0..255`` or float32 in ``[0, 1]``; code grids are
 ``(h, w)`` int64 in ``[0, K)``; batches add a leading ``n``. Conditions are a dict with
@@ -91,11 +92,6 @@ def open_run(run_dir: str | Path, data: str | Path | None = None, device: str = 
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder")
     run = Run.open(run_dir, device)
-    if run.dims == 3:
-        raise ConfigError(
-            f"{run_dir}: a run of whole volumes; the Studio explores runs of slices (sample, "
-            "evaluate and reconstruct volumes with the commands)"
-        )
     root = str(data) if data is not None else run.data_root
     return Studio(run_dir, root, run.data_options, run)
 
@@ -107,7 +103,7 @@ def overview(st: Studio) -> dict:
         "run": str(st.run_dir),
         "preset": cfg.name,
         "image_size": st.size,
-        "grid": st.grid,
+        "grid": list(cfg.grid_shape) if cfg.dims == 3 else st.grid,
         "codebook_size": st.codebook_size,
         "bits_per_image": cfg.bits_per_image,
         "data": st.data_root or "built-in MNI152",
@@ -536,6 +532,9 @@ def evaluations(st: Studio) -> dict[str, dict]:
 
 def warm_up(st: Studio) -> None:
     """Run each model once so that the first click does not pay for it."""
-    reconstruct(st, np.zeros((st.size, st.size), np.float32))
+    if st.model.dims == 3:
+        st.model.reconstruct(np.zeros((1, *st.model.config.volume_shape), np.float32))
+    else:
+        reconstruct(st, np.zeros((st.size, st.size), np.float32))
     if prior_names(st):
         sample(st, 1, seed=0)

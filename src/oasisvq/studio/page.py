@@ -74,10 +74,10 @@ class Page:
         newest = names[-1] if names else None
         return self.add(gr.Dropdown(names, value=newest, label="prior", elem_id=f"{prefix}-prior"))
 
-    def gallery(self, elem_id: str, label: str, columns: int) -> gr.Gallery:
+    def gallery(self, elem_id: str, label: str, columns: int, **kw) -> gr.Gallery:
         """Output images in a grid; a click selects one (no enlarged preview)."""
         return self.add(
-            gr.Gallery(label=label, columns=columns, allow_preview=False, elem_id=elem_id)
+            gr.Gallery(label=label, columns=columns, allow_preview=False, elem_id=elem_id, **kw)
         )
 
     def png(self, image: np.ndarray) -> str:
@@ -155,18 +155,23 @@ def condition_updates(page: Page, prior: str | None) -> list:
     info = backend.prior_info(page.st, prior)
     shown = [k in info.conditions for k in backend.CONDITION_KEYS]
     classes = gr.update(choices=[UNKNOWN, *info.class_names], value=UNKNOWN, visible=shown[0])
-    return [classes, *(gr.update(visible=s) for s in shown[1:])]
+    # an explicit None: a number box updated without a value shows and sends 0
+    numbers = [gr.update(visible=s, value=None) for s in shown[1:3]]
+    return [classes, *numbers, gr.update(visible=shown[3], value=UNKNOWN)]
 
 
-def wire_conditions(page: Page, demo: gr.Blocks, prior, conds: list, guidance=None) -> None:
-    """Show the condition inputs (and let guidance move) as the chosen prior takes them."""
+def wire_conditions(
+    page: Page, demo: gr.Blocks, prior, conds: list, guidance=None, guided: float = 1.0
+) -> None:
+    """Show the condition inputs (and let guidance move, from ``guided``) as the chosen
+    prior takes them."""
 
     @guarded
     def update(name: str | None) -> list:
         out = condition_updates(page, name)
         if guidance is not None:
             ok = bool(name) and backend.prior_info(page.st, name).guidance
-            out.append(gr.update(interactive=ok, value=1))
+            out.append(gr.update(interactive=ok, value=guided if ok else 1))
         return out
 
     targets = [*conds, guidance] if guidance is not None else conds
@@ -178,6 +183,44 @@ def conditions(cls: str, position: float | None, age: float | None, sex: str) ->
     """The inputs' values as backend conditions (unknown ones left out)."""
     out = {"class": cls, "position": position, "age": age, "sex": sex}
     return {k: v for k, v in out.items() if v not in (None, "", UNKNOWN)}
+
+
+def sampling_inputs(
+    page: Page, suffix: str = "", guidance: tuple = (4, 1, 0.1), count: tuple = (64, 16, "samples")
+) -> list:
+    """A Sample tab's guidance ``(max, value, step)``, temperature, top-k, seed and count
+    ``(max, value, label)`` inputs, in the order :func:`sampling` takes them."""
+    top, value, step = guidance
+    most, n, label = count
+    return [
+        page.slider(f"guidance{suffix}", "guidance (1: none)", 0, top, value, step),
+        page.slider(f"temperature{suffix}", "temperature", 0, 2, 1, 0.05),
+        page.integer(f"top-k{suffix}", "top-k (0: all codes)"),
+        page.integer(f"seed{suffix}", "seed"),
+        page.slider(f"count{suffix}", label, 1, most, n),
+    ]
+
+
+def sample_controls(page: Page, prefix: str, suffix: str = "", **knobs) -> tuple:
+    """A Sample tab's left column: the prior, its conditions, :func:`sampling_inputs`
+    (``knobs`` passed on) and the button; returns ``(prior, conditions, knobs, button)``."""
+    prior = page.prior_choice(prefix)
+    conds = condition_inputs(page, prefix)
+    inputs = sampling_inputs(page, suffix, **knobs)
+    return prior, conds, inputs, page.button(f"{prefix}-btn", "Sample", primary=True)
+
+
+def sampling(name, cls, pos, age, sex, guidance, temperature, top_k, seed, n) -> dict:
+    """A Sample tab's inputs as the keyword arguments of ``backend.sample``."""
+    return {
+        "n": int(n),
+        "prior": name,
+        "conditions": conditions(cls, pos, age, sex),
+        "guidance": float(guidance),
+        "temperature": float(temperature),
+        "top_k": int(top_k or 0),
+        "seed": None if seed is None else int(seed),
+    }
 
 
 # --------------------------------------------------------------------------- training

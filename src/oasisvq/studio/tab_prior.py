@@ -10,7 +10,16 @@ import gradio as gr
 import numpy as np
 
 from oasisvq.studio import backend, render
-from oasisvq.studio.page import Page, condition_inputs, conditions, guarded, need, wire_conditions
+from oasisvq.studio.page import (
+    Page,
+    condition_inputs,
+    conditions,
+    guarded,
+    need,
+    sample_controls,
+    sampling,
+    wire_conditions,
+)
 
 NO_PRIOR = "This run has no prior yet: `oasisvq train-prior RUN --prior transformer` trains one."
 
@@ -21,16 +30,8 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
             gr.Markdown(NO_PRIOR)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                prior = page.prior_choice("sample")
-                conds = condition_inputs(page, "sample")
-                knobs = [
-                    page.slider("guidance", "guidance (1: none)", 0, 4, 1, 0.1),
-                    page.slider("temperature", "temperature", 0, 2, 1, 0.05),
-                    page.integer("top-k", "top-k (0: all codes)"),
-                    page.integer("seed", "seed"),
-                    page.slider("count", "samples", 1, backend.MAX_SAMPLES, 16),
-                ]
-                go = page.button("sample-btn", "Sample", primary=True)
+                count = (backend.MAX_SAMPLES, 16, "samples")
+                prior, conds, knobs, go = sample_controls(page, "sample", count=count)
             with gr.Column(scale=3):
                 gallery = page.gallery("samples", "samples", 8)
                 with gr.Row():
@@ -46,17 +47,8 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
                     near_text = page.add(gr.Markdown(elem_id="nearest-text"))
 
     @guarded
-    def draw(name, cls, pos, age, sex, guidance, temperature, top_k, seed, n) -> list:
-        s = backend.sample(
-            page.st,
-            int(n),
-            name,
-            conditions(cls, pos, age, sex),
-            float(guidance),
-            float(temperature),
-            int(top_k or 0),
-            None if seed is None else int(seed),
-        )
+    def draw(*inputs) -> list:
+        s = backend.sample(page.st, **sampling(*inputs))
         shown = [(page.png(im), f"{i}") for i, im in enumerate(s.images)]
         return [shown, s, None, gr.update(value=None, interactive=False)]
 

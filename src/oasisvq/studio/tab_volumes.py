@@ -1,0 +1,94 @@
+"""The tabs of a run of whole volumes: Sample brains (at an age and sex, shown as three
+orthogonal slices, taken away as NIfTI) and Subjects (a subject of the data through the
+quantizer: original, reconstruction, difference, SSIM-3D)."""
+
+from __future__ import annotations
+
+import uuid
+
+import gradio as gr
+import numpy as np
+
+from oasisvq.studio import render
+from oasisvq.studio import volumes as V
+from oasisvq.studio.page import (
+    Page,
+    guarded,
+    sample_controls,
+    sampling,
+    wire_conditions,
+)
+from oasisvq.studio.tab_prior import NO_PRIOR
+
+GUIDANCE = 5.0  # where age, sex and diversity came closest to real volumes (docs/volumes.md)
+COUNT = (V.MAX_VOLUMES, 2, "volumes")  # most, default, label
+
+
+def sample_volumes_tab(page: Page, demo: gr.Blocks) -> None:
+    with gr.Tab("Sample brains", id="sample3d"):
+        if not page.priors():
+            gr.Markdown(NO_PRIOR)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                prior, conds, knobs, go = sample_controls(
+                    page, "sample3d", "3d", guidance=(10, GUIDANCE, 0.5), count=COUNT
+                )
+            with gr.Column(scale=3):
+                # whole views, not square crops: one volume's three slices are wide
+                gallery = page.gallery(
+                    "volumes", "sagittal | coronal | axial", 2, object_fit="contain", height="auto"
+                )
+                download = page.add(
+                    gr.DownloadButton(
+                        "Download NIfTI (ZIP)", elem_id="nifti-zip", interactive=False
+                    )
+                )
+
+    @guarded
+    def draw(*inputs) -> list:
+        s = V.sample_volumes(page.st, **sampling(*inputs))
+        shown = [(page.png(V.views(v)), f"sample {i}") for i, v in enumerate(s.images)]
+        path = page.output("zip", f"volumes-{uuid.uuid4().hex[:8]}.zip")
+        V.export_nifti_zip(page.st, s, path)
+        return [shown, gr.update(value=str(path), interactive=True)]
+
+    wire_conditions(page, demo, prior, conds, knobs[0], guided=GUIDANCE)
+    go.click(draw, [prior, *conds, *knobs], [gallery, download], concurrency_id="model")
+
+
+def subjects_tab(page: Page, demo: gr.Blocks) -> None:
+    names = list(V.volume_splits(page.st))
+    first = "validate" if "validate" in names else (names[0] if names else None)
+    with gr.Tab("Subjects", id="subjects"):
+        if not names:
+            gr.Markdown(f"The run's data is not found ({page.st.data_root}): `--data DIR`.")
+        with gr.Row():
+            split = page.add(gr.Dropdown(names, value=first, label="split", elem_id="split3d"))
+            subject = page.add(gr.Dropdown([], label="subject", elem_id="subject3d"))
+            go = page.button("reconstruct3d-btn", "Reconstruct", primary=True)
+        metrics = page.add(gr.Markdown(elem_id="recon3d-metrics"))
+        original = page.image("recon3d-original", "original", height=220)
+        recon = page.image("recon3d-output", "reconstruction", height=220)
+        diff = page.image("recon3d-diff", "reconstruction - original", height=220)
+
+    @guarded
+    def listed(name: str | None):
+        labels = V.subjects(page.st, name) if name else []
+        return gr.update(
+            choices=[(x, i) for i, x in enumerate(labels)], value=0 if labels else None
+        )
+
+    @guarded
+    def run(name: str | None, index: int | None) -> list:
+        if name is None or index is None:
+            raise ValueError("choose a split and a subject first")
+        r = V.reconstruct_subject(page.st, name, int(index))
+        pictures = [V.views(r["original"]), V.views(r["reconstruction"])]
+        difference = render.diff_map(V.views(r["reconstruction"] - r["original"]))
+        label = V.subjects(page.st, name)[int(index)]
+        text = f"{label} ({name}): SSIM-3D {r['ssim']:.3f}, PSNR {r['psnr']:.2f} dB"
+        return [text, *(page.png(p) for p in pictures), page.png(np.asarray(difference))]
+
+    split.change(listed, split, subject)
+    demo.load(listed, split, subject)
+    go.click(run, [split, subject], [metrics, original, recon, diff], concurrency_id="model")

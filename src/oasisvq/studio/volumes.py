@@ -1,0 +1,129 @@
+"""What the Studio asks of a run of whole volumes, in plain functions over numpy.
+
+Volumes are ``(X, Y, Z)`` float32 in ``[0, 1]`` in RAS voxel order (x left -> right,
+y posterior -> anterior, z inferior -> superior); code grids ``(gx, gy, gz)``. On the page
+each volume is three orthogonal slices through its centre (:func:`views`); a ZIP carries
+the sampled volumes as NIfTI on the preset's voxel grid, as ``oasisvq sample`` writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oasisvq import metrics
+from oasisvq.data.nifti import write_nifti
+from oasisvq.data.volumes3d import VolumeSet, grid_affine
+from oasisvq.errors import ConfigError, DataError, OasisError
+from oasisvq.figures import orthogonal_slices
+from oasisvq.io import atomic_write
+from oasisvq.studio.backend import Samples, Studio, sample
+
+MAX_VOLUMES = 8  # about a second each on one CPU thread at 12x14x12 codes
+GAP = 2  # pixels between the views
+
+
+def views(volume: np.ndarray) -> np.ndarray:
+    """``(X, Y, Z)`` -> ``(max(Z, Y), Y + 2X + 2 GAP)`` float32: the sagittal, coronal and
+    axial slices through the centre side by side, oriented as
+    :func:`oasisvq.figures.orthogonal_slices` draws them, each padded at the bottom to
+    one height."""
+    panels = orthogonal_slices(volume)
+    height = max(p.shape[0] for p in panels)
+    out = np.zeros((height, sum(p.shape[1] for p in panels) + GAP * 2), np.float32)
+    col = 0
+    for p in panels:
+        out[: p.shape[0], col : col + p.shape[1]] = p
+        col += p.shape[1] + GAP
+    return out
+
+
+def sample_volumes(
+    st: Studio,
+    n: int,
+    prior: str | None,
+    conditions: dict | None,
+    guidance: float,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+) -> Samples:
+    """``n`` (1 to ``MAX_VOLUMES``) new volumes ``(n, X, Y, Z)`` from ``prior`` at
+    ``conditions`` (``age`` in years, ``sex`` "F" or "M"); the same seed gives the same."""
+    if not 1 <= n <= MAX_VOLUMES:
+        raise ConfigError(f"{n} volumes: ask for 1 to {MAX_VOLUMES}")
+    return sample(st, n, prior, conditions, guidance, temperature, top_k, seed)
+
+
+def export_nifti_zip(st: Studio, samples: Samples, path: str | Path) -> Path:
+    """Write ``samples`` as a ZIP: ``volumes/sample_NNN.nii.gz`` (affine: the preset's
+    voxel grid centred on the origin), ``codes.npy`` ``(n, gx, gy, gz)`` int16 and
+    ``settings.json``."""
+    affine = grid_affine(tuple(samples.images.shape[1:]), st.model.config.voxel_mm)
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(tmp, "w") as z:
+            for i, volume in enumerate(samples.images):
+                name = f"sample_{i:03d}.nii.gz"
+                z.write(
+                    write_nifti(Path(folder) / name, volume, affine, "aligned"), f"volumes/{name}"
+                )
+            codes = Path(folder) / "codes.npy"
+            np.save(codes, samples.codes.astype(np.int16))
+            z.write(codes, "codes.npy")
+            z.writestr("settings.json", json.dumps(samples.settings, indent=2))
+
+    return atomic_write(path, write)
+
+
+def volume_splits(st: Studio) -> dict[str, VolumeSet]:
+    """The run's splits of volumes (decoded once, memory-mapped); {} when the data is gone."""
+
+    def load() -> dict[str, VolumeSet]:
+        try:
+            return dict(st.model.splits(st.data_root))
+        except OasisError:
+            return {}
+
+    return st.cached("volume splits", load)
+
+
+def _split(st: Studio, split: str) -> VolumeSet:
+    found = volume_splits(st)
+    if split not in found:
+        raise DataError(f"no {split!r} split in the run's data ({st.data_root})")
+    return found[split]
+
+
+def subjects(st: Studio, split: str) -> list[str]:
+    """The subjects of ``split`` with their age and sex, as the page lists them."""
+    data = _split(st, split)
+    out = []
+    for subject, age, sex in zip(data.subjects, data.ages, data.sexes, strict=True):
+        known = [f"{age:.0f} y" if np.isfinite(age) else "", {0: "F", 1: "M"}.get(int(sex), "")]
+        out.append(" ".join([subject, *filter(None, known)]))
+    return out
+
+
+def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
+    """Subject ``index`` of ``split`` through the quantizer: ``original`` and
+    ``reconstruction`` ``(X, Y, Z)`` in [0, 1], its ``codes`` and SSIM-3D and PSNR."""
+    data = _split(st, split)
+    if not 0 <= index < len(data.volumes):
+        raise ConfigError(f"subject {index}: {split} has {len(data.volumes)} volumes")
+    original = torch.from_numpy(np.asarray(data.volumes[index], np.float32) / 255.0)
+    codes = st.model.encode(original[None])  # (1, gx, gy, gz)
+    recon = st.model.decode(codes).clamp(0, 1)  # (1, X, Y, Z)
+    x, y = original[None, None], recon[:, None]  # (1, 1, X, Y, Z)
+    return {
+        "original": original.numpy(),
+        "reconstruction": recon[0].numpy(),
+        "codes": codes[0].numpy(),
+        "ssim": float(metrics.ssim3d(x, y)[0]),
+        "psnr": float(metrics.psnr(x, y)[0]),
+    }
