@@ -7,7 +7,8 @@ Chromium through Playwright and times, ``--repeats`` times each, from the click 
 every image of the answer has been fetched and decoded by the browser: 16 samples
 (Sample), a reconstruction of a data image (Reconstruct) and a surprise map (Surprise);
 then ``--browsers`` browser contexts (separate users) clicking Sample at once, each
-timed until its 16 samples are shown. Times include the browser's own work, so they are
+timed until its 16 samples are shown. On a run of whole volumes: 8 brains sampled at
+age 80, female (Sample brains), and a subject reconstructed (Subjects), in one browser. Times include the browser's own work, so they are
 what a user waits. The machine's load average is recorded before and after: on a shared
 machine the other jobs' share of the cores is part of every number.
 """
@@ -22,6 +23,7 @@ import statistics
 import sys
 import time
 
+import oasisvq
 from benchmarks.machine import machine_info, save_result
 from oasisvq.studio import driver
 
@@ -71,6 +73,38 @@ def _single(browser, url: str, repeats: int) -> dict:
     return {k: _summary(v) for k, v in times.items()}
 
 
+def _single_volumes(browser, url: str, repeats: int) -> dict:
+    """A run of whole volumes: 8 brains sampled at age 80, female (Sample brains), and a
+    subject of the data reconstructed (Subjects)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport=driver.VIEWPORT).new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    expect(page.locator("#guidance3d input[type=number]")).to_have_value("5")  # page ready
+    page.fill("#sample3d-age input", "80")
+    page.click("#sample3d-sex input")
+    page.get_by_role("option", name="F", exact=True).click()
+    count = page.locator("#count3d input[type=number]")
+    count.fill("8")
+    count.press("Enter")
+    times: dict[str, list[float]] = {"volumes_8": [], "subject_reconstruction": []}
+    for i in range(repeats):
+        page.get_by_role("tab", name="Sample brains", exact=True).click()
+        seed = page.locator("#seed3d input")
+        seed.fill(str(i))
+        seed.press("Enter")
+        times["volumes_8"].append(_timed(page, "#sample3d-btn", "#volumes img", 8))
+        page.get_by_role("tab", name="Subjects", exact=True).click()
+        page.click("#subject3d input")
+        page.get_by_role("option").nth(i).click()
+        times["subject_reconstruction"].append(
+            _timed(page, "#reconstruct3d-btn", "#recon3d-diff img", 1)
+        )
+    page.context.close()
+    return {k: _summary(v) for k, v in times.items()}
+
+
 def _together(browser, url: str, n_browsers: int, repeats: int) -> dict:
     """``n_browsers`` users click Sample at the same moment; each is timed."""
     pages = [_open(browser, url) for _ in range(n_browsers)]
@@ -112,9 +146,15 @@ def main() -> None:
                 "command": shlex.join([sys.executable, *sys.argv]),
                 "run": args.run,
                 "repeats": args.repeats,
-                "single_browser": _single(browser, server.url, args.repeats),
-                f"browsers_{args.browsers}_at_once": _together(
-                    browser, server.url, args.browsers, args.repeats
+                **(
+                    {"single_browser": _single_volumes(browser, server.url, args.repeats)}
+                    if oasisvq.load(args.run).dims == 3
+                    else {
+                        "single_browser": _single(browser, server.url, args.repeats),
+                        f"browsers_{args.browsers}_at_once": _together(
+                            browser, server.url, args.browsers, args.repeats
+                        ),
+                    }
                 ),
                 "load_average_before": load_before,
                 "load_average_after": os.getloadavg(),
