@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from volume_toy import TINY3D, write_brains
+from volume_toy import TINY3D, brain, write_brains
 
 from oasisvq import Run, metrics
 from oasisvq.cli import main
@@ -326,6 +326,8 @@ def test_the_studio_reconstructs_a_subject_of_a_3d_run(run3d: Path) -> None:
     assert len(labels) == 4 and labels[0].startswith(data.subjects[0])
     assert labels[0].endswith(("F", "M")) and " y " in labels[0]
     r = SV.reconstruct_subject(st, "validate", 1)
+    assert r["label"] == f"{labels[1]} (validate)"
+    np.testing.assert_allclose(r["affine"], data.affines[1])
     original = np.asarray(data.volumes[1], np.float32) / 255
     np.testing.assert_allclose(r["original"], original)
     expected = Run.open(run3d).reconstruct(original[None])[0].clamp(0, 1).numpy()
@@ -335,3 +337,33 @@ def test_the_studio_reconstructs_a_subject_of_a_3d_run(run3d: Path) -> None:
     assert r["codes"].shape == (4, 4, 4)
     with pytest.raises(ConfigError, match="validate has 4 volumes"):
         SV.reconstruct_subject(st, "validate", 4)
+
+
+def test_the_studio_reconstructs_an_uploaded_scan_and_refuses_a_bad_one(
+    run3d: Path, tmp_path
+) -> None:
+    from oasisvq.data.volumes3d import prepare_volume
+    from oasisvq.errors import DataError
+    from oasisvq.studio import backend
+    from oasisvq.studio import volumes as SV
+
+    st = backend.open_run(run3d)
+    volume, _ = brain(70.0, "F", np.random.default_rng(3))
+    scan = tmp_path / "my-scan.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), scan)
+    r = SV.reconstruct_upload(st, scan, "my-scan.nii.gz")
+    prepared, _, affine = prepare_volume(scan, None, Run.open(run3d).data_options)
+    np.testing.assert_allclose(r["original"], prepared / 255.0)
+    assert r["label"] == "my-scan.nii.gz" and r["reconstruction"].shape == (16, 16, 16)
+    # written with the affine that overlays the uploaded scan
+    written = nib.load(SV.write_reconstruction(r, tmp_path / "recon.nii.gz"))
+    np.testing.assert_allclose(written.affine, affine)
+    np.testing.assert_allclose(written.get_fdata(), r["reconstruction"], atol=1e-6)
+    flat = tmp_path / "flat.nii"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), flat)
+    with pytest.raises(DataError, match=r"^flat.nii: volume of shape \(16, 16\): expected 3D"):
+        SV.reconstruct_upload(st, flat, "flat.nii")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not a volume")
+    with pytest.raises(DataError, match=r"^junk.nii.gz: unreadable volume"):
+        SV.reconstruct_upload(st, junk, "junk.nii.gz")

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from test_studio_browser import TIMEOUT_MS, _require, serve
-from volume_toy import make_volume_run
+from volume_toy import brain, make_volume_run
 
 from oasisvq.data.volumes3d import grid_affine
 from oasisvq.studio import driver
@@ -84,3 +84,22 @@ def test_a_subject_is_reconstructed_with_its_ssim(volume_page) -> None:
     assert re.search(r"\(validate\): SSIM-3D -?\d\.\d{3}, PSNR \d+\.\d{2} dB", metrics.inner_text())
     for view in ("original", "output", "diff"):
         driver.wait_loaded(pg, f"#recon3d-{view} img")
+
+
+def test_an_uploaded_scan_is_reconstructed_and_downloadable(volume_page, tmp_path: Path) -> None:
+    pg = volume_page
+    pg.get_by_role("tab", name="Subjects", exact=True).click()
+    volume, _ = brain(50.0, "M", np.random.default_rng(7))
+    scan = tmp_path / "my-scan.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), scan)
+    pg.set_input_files("#upload3d input[type=file]", scan)
+    metrics = pg.locator("#recon3d-metrics", has_text="my-scan.nii.gz")
+    metrics.wait_for()
+    assert re.search(r"SSIM-3D -?\d\.\d{3}", metrics.inner_text())
+    with pg.expect_download() as got:
+        pg.click("#recon3d-nifti")
+    assert got.value.suggested_filename.endswith("_recon.nii.gz")
+    saved = tmp_path / got.value.suggested_filename
+    got.value.save_as(saved)
+    recon = nib.load(saved)
+    assert recon.shape == (16, 16, 16) and np.isfinite(recon.get_fdata()).all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from oasisvq.errors import ConfigError, OasisError
+from oasisvq.errors import ConfigError, DataError, OasisError
 from oasisvq.studio import backend, render
 
 UNKNOWN = "(unknown)"
@@ -120,6 +121,14 @@ def guarded(fn):
             return gr.skip()
 
     return run
+
+
+def upload_path(page: Page, path: str) -> str:
+    """Gradio hands over files it stored in the page's folder; refuse anything else."""
+    real = os.path.realpath(path)
+    if not real.startswith(os.path.realpath(page.workdir) + os.sep):
+        raise DataError(path, "uploads are read from the page's own folder only")
+    return real
 
 
 def need(value, what: str):

@@ -9,9 +9,9 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from oasisvq.errors import ConfigError, DataError
+from oasisvq.errors import ConfigError
 from oasisvq.studio import backend, render
-from oasisvq.studio.page import Page, guarded, need
+from oasisvq.studio.page import Page, guarded, need, upload_path
 
 ANY = "(any)"
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".nii", ".gz"]
@@ -52,14 +52,6 @@ def _pick(page: Page, split: str, cls: str, subject: str) -> np.ndarray:
 
 def _any(value: str | None) -> str | None:
     return None if value in (None, "", ANY) else value
-
-
-def _upload_path(page: Page, path: str) -> str:
-    """Gradio hands over files it stored in the page's folder; refuse anything else."""
-    real = os.path.realpath(path)
-    if not real.startswith(os.path.realpath(page.workdir) + os.sep):
-        raise DataError(path, "uploads are read from the page's own folder only")
-    return real
 
 
 def reconstruct_tab(page: Page, demo: gr.Blocks) -> None:
@@ -118,7 +110,7 @@ def _wire_reconstruct(page: Page, demo, inputs: list, volume: gr.State, outputs:
     def on_upload(path: str | None) -> list:
         if not path:
             return [gr.skip()] * (len(outputs) + 2)
-        up = backend.read_upload(page.st, _upload_path(page, path), os.path.basename(path))
+        up = backend.read_upload(page.st, upload_path(page, path), os.path.basename(path))
         n = len(up.images)
         slider = gr.update(visible=n > 1, maximum=max(n - 1, 1), value=n // 2)
         return [up, slider, *_present(page, up.images[n // 2], _upload_label(up, n // 2))]

@@ -1,9 +1,11 @@
 """The tabs of a run of whole volumes: Sample brains (at an age and sex, shown as three
-orthogonal slices, taken away as NIfTI) and Subjects (a subject of the data through the
-quantizer: original, reconstruction, difference, SSIM-3D)."""
+orthogonal slices, taken away as NIfTI) and Subjects (a subject of the data, or an
+uploaded scan, through the quantizer: original, reconstruction, difference, SSIM-3D; the
+reconstruction taken away as NIfTI)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import gradio as gr
@@ -16,6 +18,7 @@ from oasisvq.studio.page import (
     guarded,
     sample_controls,
     sampling,
+    upload_path,
     wire_conditions,
 )
 from oasisvq.studio.tab_prior import NO_PRIOR
@@ -66,6 +69,22 @@ def subjects_tab(page: Page, demo: gr.Blocks) -> None:
             split = page.add(gr.Dropdown(names, value=first, label="split", elem_id="split3d"))
             subject = page.add(gr.Dropdown([], label="subject", elem_id="subject3d"))
             go = page.button("reconstruct3d-btn", "Reconstruct", primary=True)
+        with gr.Row():
+            upload = page.add(
+                gr.File(
+                    label="or upload a NIfTI scan, brain-extracted as the run's data "
+                    "was (no mask is applied; 20 MB at most)",
+                    file_types=[".nii", ".gz"],
+                    elem_id="upload3d",
+                )
+            )
+            nifti = page.add(
+                gr.DownloadButton(
+                    "Download the reconstruction (NIfTI)",
+                    elem_id="recon3d-nifti",
+                    interactive=False,
+                )
+            )
         metrics = page.add(gr.Markdown(elem_id="recon3d-metrics"))
         original = page.image("recon3d-original", "original", height=220)
         recon = page.image("recon3d-output", "reconstruction", height=220)
@@ -78,17 +97,33 @@ def subjects_tab(page: Page, demo: gr.Blocks) -> None:
             choices=[(x, i) for i, x in enumerate(labels)], value=0 if labels else None
         )
 
+    def shown(r: dict) -> list:
+        pictures = [V.views(r["original"]), V.views(r["reconstruction"])]
+        difference = render.diff_map(V.views(r["reconstruction"] - r["original"]))
+        path = page.output("nifti", f"{uuid.uuid4().hex[:8]}_recon.nii.gz")
+        V.write_reconstruction(r, path)
+        return [
+            f"{r['label']}: SSIM-3D {r['ssim']:.3f}, PSNR {r['psnr']:.2f} dB",
+            *(page.png(p) for p in pictures),
+            page.png(np.asarray(difference)),
+            gr.update(value=str(path), interactive=True),
+        ]
+
     @guarded
     def run(name: str | None, index: int | None) -> list:
         if name is None or index is None:
             raise ValueError("choose a split and a subject first")
-        r = V.reconstruct_subject(page.st, name, int(index))
-        pictures = [V.views(r["original"]), V.views(r["reconstruction"])]
-        difference = render.diff_map(V.views(r["reconstruction"] - r["original"]))
-        label = V.subjects(page.st, name)[int(index)]
-        text = f"{label} ({name}): SSIM-3D {r['ssim']:.3f}, PSNR {r['psnr']:.2f} dB"
-        return [text, *(page.png(p) for p in pictures), page.png(np.asarray(difference))]
+        return shown(V.reconstruct_subject(page.st, name, int(index)))
 
+    @guarded
+    def uploaded(path: str | None) -> list:
+        if path is None:
+            return gr.skip()
+        name = os.path.basename(path)
+        return shown(V.reconstruct_upload(page.st, upload_path(page, path), name))
+
+    outputs = [metrics, original, recon, diff, nifti]
     split.change(listed, split, subject)
     demo.load(listed, split, subject)
-    go.click(run, [split, subject], [metrics, original, recon, diff], concurrency_id="model")
+    go.click(run, [split, subject], outputs, concurrency_id="model")
+    upload.upload(uploaded, upload, outputs, concurrency_id="model")

@@ -9,20 +9,22 @@ the sampled volumes as NIfTI on the preset's voxel grid, as ``oasisvq sample`` w
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from oasisvq import metrics
 from oasisvq.data.nifti import write_nifti
-from oasisvq.data.volumes3d import VolumeSet, grid_affine
+from oasisvq.data.volumes3d import VolumeSet, grid_affine, prepare_volume
 from oasisvq.errors import ConfigError, DataError, OasisError
 from oasisvq.figures import orthogonal_slices
 from oasisvq.io import atomic_write
-from oasisvq.studio.backend import Samples, Studio, sample
+from oasisvq.studio.backend import MAX_UPLOAD_VOXELS, Samples, Studio, sample
 
 MAX_VOLUMES = 8  # about a second each on one CPU thread at 12x14x12 codes
 GAP = 2  # pixels between the views
@@ -111,12 +113,38 @@ def subjects(st: Studio, split: str) -> list[str]:
 
 
 def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
-    """Subject ``index`` of ``split`` through the quantizer: ``original`` and
-    ``reconstruction`` ``(X, Y, Z)`` in [0, 1], its ``codes`` and SSIM-3D and PSNR."""
+    """Subject ``index`` of ``split`` through the quantizer (see :func:`reconstruct`)."""
     data = _split(st, split)
     if not 0 <= index < len(data.volumes):
         raise ConfigError(f"subject {index}: {split} has {len(data.volumes)} volumes")
-    original = torch.from_numpy(np.asarray(data.volumes[index], np.float32) / 255.0)
+    label = f"{subjects(st, split)[index]} ({split})"
+    return reconstruct(st, data.volumes[index], data.affines[index], label)
+
+
+def reconstruct_upload(st: Studio, path: str | Path, name: str) -> dict:
+    """An uploaded NIfTI scan, prepared as ``oasisvq reconstruct`` prepares one (canonical
+    orientation, the preset's voxels and shape, intensity scaling; no mask), through the
+    quantizer. Its header is read first: more than ``MAX_UPLOAD_VOXELS`` is refused."""
+    try:
+        shape = nib.load(str(path)).shape  # the header only
+    except Exception as exc:
+        raise DataError(name, f"unreadable volume ({type(exc).__name__})") from None
+    if len(shape) < 3 or math.prod(shape) > MAX_UPLOAD_VOXELS:
+        raise DataError(
+            name, f"volume of shape {shape}: expected 3D, at most {MAX_UPLOAD_VOXELS} voxels"
+        )
+    try:
+        volume, _, affine = prepare_volume(path, None, st.options)
+    except DataError as exc:
+        raise DataError(name, exc.reason) from None
+    return reconstruct(st, volume, affine, name)
+
+
+def reconstruct(st: Studio, volume: np.ndarray, affine: np.ndarray, label: str) -> dict:
+    """``volume (X, Y, Z)`` uint8 through the quantizer: ``original`` and
+    ``reconstruction`` ``(X, Y, Z)`` float32 in [0, 1], ``codes (gx, gy, gz)``, SSIM-3D,
+    PSNR, and the ``affine`` and ``label`` it came with."""
+    original = torch.from_numpy(np.asarray(volume, np.float32) / 255.0)
     codes = st.model.encode(original[None])  # (1, gx, gy, gz)
     recon = st.model.decode(codes).clamp(0, 1)  # (1, X, Y, Z)
     x, y = original[None, None], recon[:, None]  # (1, 1, X, Y, Z)
@@ -126,4 +154,12 @@ def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
         "codes": codes[0].numpy(),
         "ssim": float(metrics.ssim3d(x, y)[0]),
         "psnr": float(metrics.psnr(x, y)[0]),
+        "affine": np.asarray(affine, np.float64),
+        "label": label,
     }
+
+
+def write_reconstruction(r: dict, path: str | Path) -> Path:
+    """The reconstruction of :func:`reconstruct` as NIfTI, with the affine that overlays
+    the source scan (as ``oasisvq reconstruct`` writes ``<stem>_recon.nii.gz``)."""
+    return write_nifti(path, r["reconstruction"], r["affine"])
