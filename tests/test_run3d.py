@@ -367,3 +367,41 @@ def test_the_studio_reconstructs_an_uploaded_scan_and_refuses_a_bad_one(
     junk.write_bytes(b"not a volume")
     with pytest.raises(DataError, match=r"^junk.nii.gz: unreadable volume"):
         SV.reconstruct_upload(st, junk, "junk.nii.gz")
+
+
+def test_reconstruct_applies_a_brain_mask_given_with_one_scan(run3d: Path, tmp_path) -> None:
+    run = Run.open(run3d)
+    scan = Path(run.split("test").paths[0])
+    src = nib.load(str(scan))
+    half = np.zeros(src.shape, np.uint8)
+    half[: src.shape[0] // 2] = 1  # the subject's right half
+    mask = tmp_path / "right-half.nii.gz"
+    nib.save(nib.Nifti1Image(half, src.affine), mask)
+    stem = scan.name.removesuffix(".nii.gz")
+    masked, plain = tmp_path / "masked", tmp_path / "plain"
+    args = ["reconstruct", str(run3d), str(scan)]
+    assert main([*args, "--mask", str(mask), "--out", str(masked)]) == 0
+    assert main([*args, "--out", str(plain)]) == 0
+    seen = nib.load(str(masked / f"{stem}_input.nii.gz")).get_fdata()
+    whole = nib.load(str(plain / f"{stem}_input.nii.gz")).get_fdata()
+    # the masked input holds about half the brain's voxels, none beyond the mask
+    assert 0.3 < (seen > 0).sum() / (whole > 0).sum() < 0.7
+    world = nib.load(str(masked / f"{stem}_input.nii.gz")).affine
+    inside = np.argwhere(seen > 0)
+    vox = np.linalg.solve(src.affine, world @ np.c_[inside, np.ones(len(inside))].T)[:3].T
+    assert vox[:, 0].max() < src.shape[0] / 2 + 1
+
+
+def test_a_mask_with_a_folder_or_a_missing_mask_is_a_one_line_error(
+    run3d: Path, tmp_path, capsys
+) -> None:
+    run = Run.open(run3d)
+    scan = Path(run.split("test").paths[0])
+    out = tmp_path / "r"
+    folder = ["reconstruct", str(run3d), str(scan.parent), "--mask", str(scan), "--out", str(out)]
+    assert main(folder) == 2
+    missing = ["reconstruct", str(run3d), str(scan), "--mask", str(tmp_path / "no.nii.gz")]
+    assert main([*missing, "--out", str(out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not the folder" in err[0] and "no such mask file" in err[1], err
+    assert not out.exists()

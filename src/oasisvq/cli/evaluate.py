@@ -38,8 +38,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_reconstruct(args: argparse.Namespace) -> int:
     run = Run.open(args.run, args.device)
     out = Path(args.out)
+    mask = None if args.mask is None else Path(args.mask)
     summary = reconstruct_files(
-        run, Path(args.input), out, _json_path(args), args.batch_size, args.skip_bad
+        run, Path(args.input), out, _json_path(args), args.batch_size, args.skip_bad, mask
     )
     print_json(summary)
     print(f"reconstructions, codes, figures and per-image CSV in {out}")
@@ -87,10 +88,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("reconstruct", help="reconstruct a folder of images or one image")
+    p = sub.add_parser("reconstruct", help="reconstruct an image or volume, or a folder of them")
     _common(p)
-    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument("input", help="an image or volume file, or a folder of them")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--mask",
+        default=None,
+        help="brain mask of the input volume (NIfTI or Analyze, nonzero = brain), applied "
+        "as the data reader applies masks (runs of whole volumes, one input file)",
+    )
     p.set_defaults(func=run_reconstruct)
 
     p = sub.add_parser(

@@ -15,6 +15,7 @@ from oasisvq.data.loader import get_split
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.tree import load_folder
 from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.errors import ConfigError
 from oasisvq.evaluate.volumes import evaluate_volumes, reconstruct_volume_files, write_volume_report
 from oasisvq.figures import reconstruction_figure
 from oasisvq.io import atomic_write, check_writable, write_json
@@ -113,12 +114,15 @@ def reconstruct_files(
     json_path: Path | None = None,
     batch_size: int = 64,
     skip_bad: bool = False,
+    mask: Path | None = None,
 ) -> dict:
     """Reconstruct an image file or a folder of images into ``out``: ``images/<stem>_recon.png``
-    and ``<stem>_codes.npy`` beside the report; for a 3D run volume files, see
-    :func:`reconstruct_volume_files`. Returns the summary."""
+    and ``<stem>_codes.npy`` beside the report; for a 3D run volume files (and ``mask``),
+    see :func:`reconstruct_volume_files`. Returns the summary."""
     if run.dims == 3:
-        return reconstruct_volume_files(run, source, out, json_path, min(batch_size, 2))
+        return reconstruct_volume_files(run, source, out, json_path, min(batch_size, 2), mask)
+    if mask is not None:
+        raise ConfigError(f"--mask {mask}: masks go with runs of whole volumes")
     opts = run.data_options
     slices = load_folder(source, opts.size, opts.fit, skip_bad)
     check_writable(out)

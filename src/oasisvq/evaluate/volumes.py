@@ -16,7 +16,7 @@ from oasisvq import metrics
 from oasisvq.data.nifti import write_nifti
 from oasisvq.data.volumes import find_volumes, volume_stem
 from oasisvq.data.volumes3d import VolumeSet, prepare_volume
-from oasisvq.errors import DataError
+from oasisvq.errors import ConfigError, DataError
 from oasisvq.figures import orthogonal_views_figure, volume_views
 from oasisvq.io import atomic_write, check_writable, write_json
 from oasisvq.model.vqvae import VQVAE
@@ -79,19 +79,29 @@ def write_volume_report(
 
 
 def reconstruct_volume_files(
-    run: Run, source: Path, out: Path, json_path: Path | None = None, batch_size: int = 2
+    run: Run,
+    source: Path,
+    out: Path,
+    json_path: Path | None = None,
+    batch_size: int = 2,
+    mask: Path | None = None,
 ) -> dict:
     """Reconstruct one volume file (NIfTI, Analyze) or every volume below a folder into
     ``out``: per volume ``<stem>_input.nii.gz`` (the scan as the model sees it: on the
     preset's grid, cropped, scaled), ``<stem>_recon.nii.gz`` (both with the affine that
     overlays the original scan), ``<stem>_recon.png`` and ``<stem>_codes.npy``, with the
-    report of :func:`write_volume_report`. Returns the summary."""
+    report of :func:`write_volume_report`. ``mask``: a brain mask of a single volume
+    file, applied as the data reader applies masks. Returns the summary."""
+    if mask is not None and not source.is_file():
+        raise ConfigError(f"--mask {mask}: goes with one volume file, not the folder {source}")
+    if mask is not None and not mask.is_file():
+        raise DataError(mask, "no such mask file")
     files = [source] if source.is_file() else find_volumes(source)[0]
     if not files:
         raise DataError(source, "no NIfTI or Analyze volumes found")
     check_writable(out)
     opts = run.data_options
-    prepared = [prepare_volume(path, None, opts) for path in files]  # errors name the file
+    prepared = [prepare_volume(path, mask, opts) for path in files]  # errors name the file
     volumes = VolumeSet(
         volumes=np.stack([v for v, _, _ in prepared]),
         masks=np.stack([m for _, m, _ in prepared]),
