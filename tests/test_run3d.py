@@ -359,6 +359,16 @@ def test_the_studio_reconstructs_an_uploaded_scan_and_refuses_a_bad_one(
     written = nib.load(SV.write_reconstruction(r, tmp_path / "recon.nii.gz"))
     np.testing.assert_allclose(written.affine, affine)
     np.testing.assert_allclose(written.get_fdata(), r["reconstruction"], atol=1e-6)
+    # with a brain mask: as the data reader applies it
+    half = np.zeros(volume.shape, np.uint8)
+    half[: volume.shape[0] // 2] = 1
+    mask = tmp_path / "half.nii.gz"
+    nib.save(nib.Nifti1Image(half, np.diag([2.0, 2.0, 2.0, 1.0])), mask)
+    m = SV.reconstruct_upload(st, scan, "my-scan.nii.gz", (mask, "half.nii.gz"))
+    masked, _, _ = prepare_volume(scan, mask, Run.open(run3d).data_options)
+    np.testing.assert_allclose(m["original"], masked / 255.0)
+    assert m["label"] == "my-scan.nii.gz (brain mask half.nii.gz)"
+    assert not np.allclose(m["original"], r["original"])
     flat = tmp_path / "flat.nii"
     nib.save(nib.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), flat)
     with pytest.raises(DataError, match=r"^flat.nii: volume of shape \(16, 16\): expected 3D"):
@@ -367,6 +377,8 @@ def test_the_studio_reconstructs_an_uploaded_scan_and_refuses_a_bad_one(
     junk.write_bytes(b"not a volume")
     with pytest.raises(DataError, match=r"^junk.nii.gz: unreadable volume"):
         SV.reconstruct_upload(st, junk, "junk.nii.gz")
+    with pytest.raises(DataError, match=r"^junk.nii.gz: unreadable volume"):
+        SV.reconstruct_upload(st, scan, "my-scan.nii.gz", (junk, "junk.nii.gz"))
 
 
 def test_reconstruct_applies_a_brain_mask_given_with_one_scan(run3d: Path, tmp_path) -> None:

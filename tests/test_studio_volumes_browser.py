@@ -96,6 +96,13 @@ def test_an_uploaded_scan_is_reconstructed_and_downloadable(volume_page, tmp_pat
     metrics = pg.locator("#recon3d-metrics", has_text="my-scan.nii.gz")
     metrics.wait_for()
     assert re.search(r"SSIM-3D -?\d\.\d{3}", metrics.inner_text())
+    # a brain mask uploaded next reconstructs the scan again, masked
+    half = np.zeros(volume.shape, np.uint8)
+    half[: volume.shape[0] // 2] = 1
+    mask = tmp_path / "half.nii.gz"
+    nib.save(nib.Nifti1Image(half, np.diag([2.0, 2.0, 2.0, 1.0])), mask)
+    pg.set_input_files("#upload3d-mask input[type=file]", mask)
+    pg.locator("#recon3d-metrics", has_text="brain mask half.nii.gz").wait_for()
     with pg.expect_download() as got:
         pg.click("#recon3d-nifti")
     assert got.value.suggested_filename.endswith("_recon.nii.gz")

@@ -72,10 +72,17 @@ def subjects_tab(page: Page, demo: gr.Blocks) -> None:
         with gr.Row():
             upload = page.add(
                 gr.File(
-                    label="or upload a NIfTI scan, brain-extracted as the run's data "
-                    "was (no mask is applied; 20 MB at most)",
+                    label="or upload a NIfTI scan (20 MB at most)",
                     file_types=[".nii", ".gz"],
                     elem_id="upload3d",
+                )
+            )
+            mask = page.add(
+                gr.File(
+                    label="and its brain mask (NIfTI, nonzero = brain), unless the scan "
+                    "is brain-extracted",
+                    file_types=[".nii", ".gz"],
+                    elem_id="upload3d-mask",
                 )
             )
             nifti = page.add(
@@ -116,14 +123,18 @@ def subjects_tab(page: Page, demo: gr.Blocks) -> None:
         return shown(V.reconstruct_subject(page.st, name, int(index)))
 
     @guarded
-    def uploaded(path: str | None) -> list:
+    def uploaded(path: str | None, mask_path: str | None) -> list:
         if path is None:
             return gr.skip()
+        given = None
+        if mask_path is not None:
+            given = (upload_path(page, mask_path), os.path.basename(mask_path))
         name = os.path.basename(path)
-        return shown(V.reconstruct_upload(page.st, upload_path(page, path), name))
+        return shown(V.reconstruct_upload(page.st, upload_path(page, path), name, given))
 
     outputs = [metrics, original, recon, diff, nifti]
     split.change(listed, split, subject)
     demo.load(listed, split, subject)
     go.click(run, [split, subject], outputs, concurrency_id="model")
-    upload.upload(uploaded, upload, outputs, concurrency_id="model")
+    for changed in (upload, mask):  # either file may come second
+        changed.upload(uploaded, [upload, mask], outputs, concurrency_id="model")

@@ -121,10 +121,26 @@ def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
     return reconstruct(st, data.volumes[index], data.affines[index], label)
 
 
-def reconstruct_upload(st: Studio, path: str | Path, name: str) -> dict:
+def reconstruct_upload(
+    st: Studio, path: str | Path, name: str, mask: tuple[str | Path, str] | None = None
+) -> dict:
     """An uploaded NIfTI scan, prepared as ``oasisvq reconstruct`` prepares one (canonical
-    orientation, the preset's voxels and shape, intensity scaling; no mask), through the
-    quantizer. Its header is read first: more than ``MAX_UPLOAD_VOXELS`` is refused."""
+    orientation, the preset's voxels and shape, intensity scaling, and the brain mask
+    ``mask = (path, name)`` when given), through the quantizer. Headers are read first:
+    a file of more than ``MAX_UPLOAD_VOXELS`` is refused."""
+    _check_header(path, name)
+    if mask is not None:
+        _check_header(*mask)
+    try:
+        volume, _, affine = prepare_volume(path, None if mask is None else mask[0], st.options)
+    except DataError as exc:
+        named = mask[1] if mask is not None and exc.path == str(mask[0]) else name
+        raise DataError(named, exc.reason) from None
+    label = name if mask is None else f"{name} (brain mask {mask[1]})"
+    return reconstruct(st, volume, affine, label)
+
+
+def _check_header(path: str | Path, name: str) -> None:
     try:
         shape = nib.load(str(path)).shape  # the header only
     except Exception as exc:
@@ -133,11 +149,6 @@ def reconstruct_upload(st: Studio, path: str | Path, name: str) -> dict:
         raise DataError(
             name, f"volume of shape {shape}: expected 3D, at most {MAX_UPLOAD_VOXELS} voxels"
         )
-    try:
-        volume, _, affine = prepare_volume(path, None, st.options)
-    except DataError as exc:
-        raise DataError(name, exc.reason) from None
-    return reconstruct(st, volume, affine, name)
 
 
 def reconstruct(st: Studio, volume: np.ndarray, affine: np.ndarray, label: str) -> dict:
