@@ -53,19 +53,21 @@ def _open(browser, url: str):
     return page
 
 
+def _enter(page, tab: str, field: str, value: int) -> None:
+    """Open ``tab`` and enter ``value`` in its number input ``field``."""
+    page.get_by_role("tab", name=tab, exact=True).click()
+    box = page.locator(field)
+    box.fill(str(value))
+    box.press("Enter")
+
+
 def _single(browser, url: str, repeats: int) -> dict:
     page = _open(browser, url)
     times: dict[str, list[float]] = {"reconstruction": [], "samples_16": [], "surprise_map": []}
     for i in range(repeats):
-        page.get_by_role("tab", name="Reconstruct", exact=True).click()
-        slider = page.locator("#image-index input[type=number]")
-        slider.fill(str(i))
-        slider.press("Enter")
+        _enter(page, "Reconstruct", "#image-index input[type=number]", i)
         times["reconstruction"].append(_timed(page, "#recon-btn", "#recon-output img", 1))
-        page.get_by_role("tab", name="Sample", exact=True).click()
-        seed = page.locator("#seed input")
-        seed.fill(str(i))
-        seed.press("Enter")
+        _enter(page, "Sample", "#seed input", i)
         times["samples_16"].append(_timed(page, "#sample-btn", "#samples img", 16))
         page.get_by_role("tab", name="Surprise", exact=True).click()
         times["surprise_map"].append(_timed(page, "#surprise-btn", "#surprise-map img", 1))
@@ -82,18 +84,10 @@ def _single_volumes(browser, url: str, repeats: int) -> dict:
     page.set_default_timeout(120_000)
     page.goto(url)
     expect(page.locator("#guidance3d input[type=number]")).to_have_value("5")  # page ready
-    page.fill("#sample3d-age input", "80")
-    page.click("#sample3d-sex input")
-    page.get_by_role("option", name="F", exact=True).click()
-    count = page.locator("#count3d input[type=number]")
-    count.fill("8")
-    count.press("Enter")
+    driver.ask_brains(page, 80, "F", 8)
     times: dict[str, list[float]] = {"volumes_8": [], "subject_reconstruction": []}
     for i in range(repeats):
-        page.get_by_role("tab", name="Sample brains", exact=True).click()
-        seed = page.locator("#seed3d input")
-        seed.fill(str(i))
-        seed.press("Enter")
+        _enter(page, "Sample brains", "#seed3d input", i)
         times["volumes_8"].append(_timed(page, "#sample3d-btn", "#volumes img", 8))
         page.get_by_role("tab", name="Subjects", exact=True).click()
         page.click("#subject3d input")
@@ -129,7 +123,11 @@ def _together(browser, url: str, n_browsers: int, repeats: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="VQ-VAE run with a trained prior")
+    ap.add_argument(
+        "--run",
+        required=True,
+        help="a run whose newest prior is autoregressive (the Surprise tab needs one)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--browsers", type=int, default=4)
     ap.add_argument("--out", default=None, help="also write the JSON here")

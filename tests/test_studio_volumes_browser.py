@@ -52,12 +52,7 @@ def test_brains_sampled_at_an_age_and_sex_come_as_views_and_nifti(volume_page) -
     # an empty age is unknown, not 0; the prior takes no slice position
     assert pg.input_value("#sample3d-age input") == ""
     assert pg.locator("#sample3d-position input").count() == 0
-    pg.fill("#sample3d-age input", "80")
-    pg.click("#sample3d-sex input")
-    pg.get_by_role("option", name="F", exact=True).click()
-    box = pg.locator("#count3d input[type=number]")
-    box.fill("3")
-    box.press("Enter")
+    driver.ask_brains(pg, 80, "F", 3)
     pg.click("#sample3d-btn")
     driver.wait_loaded(pg, "#volumes img", 3)
     expect(pg.get_by_role("button", name="Download NIfTI (ZIP)")).to_be_enabled()

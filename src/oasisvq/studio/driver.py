@@ -96,3 +96,14 @@ def wait_loaded(page, selector: str, n: int = 1, changed_from: list[str] | None 
 def sources(page, selector: str) -> list[str]:
     """The addresses of the images that ``selector`` matches."""
     return page.locator(selector).evaluate_all("ims => ims.map(i => i.src)")
+
+
+def ask_brains(page, age: float, sex: str, count: int) -> None:
+    """On a 3D run's Sample brains tab, set the age, the sex ("F" or "M") and how many
+    volumes to draw (the page's first update must have come: it resets them)."""
+    page.fill("#sample3d-age input", f"{age:g}")
+    page.click("#sample3d-sex input")
+    page.get_by_role("option", name=sex, exact=True).click()
+    box = page.locator("#count3d input[type=number]")
+    box.fill(str(count))
+    box.press("Enter")
