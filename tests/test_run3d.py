@@ -311,6 +311,12 @@ def test_the_studio_samples_shows_and_exports_volumes_of_a_3d_run(run3d: Path, t
     img = nib.load(tmp_path / "volumes" / "sample_001.nii.gz")
     np.testing.assert_allclose(img.affine, grid_affine((16, 16, 16), 2.0))
     np.testing.assert_allclose(img.get_fdata(), s.images[1], atol=1e-6)
+    # a training volume's nearest training volume is itself
+    train = Run.open(run3d).split("train")
+    copy = np.asarray(train.volumes[5], np.float32) / 255
+    idx, score, found, label = SV.nearest_training(st, copy)
+    assert idx == 5 and score == pytest.approx(1.0, abs=1e-5) and np.allclose(found, copy)
+    assert label == SV.subjects(st, "train")[5]
     with pytest.raises(ConfigError, match="9 volumes: ask for 1 to 8"):
         SV.sample_volumes(st, 9, None, None, 1.0, 1.0, None, 0)
 

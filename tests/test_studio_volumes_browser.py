@@ -56,6 +56,11 @@ def test_brains_sampled_at_an_age_and_sex_come_as_views_and_nifti(volume_page) -
     pg.click("#sample3d-btn")
     driver.wait_loaded(pg, "#volumes img", 3)
     expect(pg.get_by_role("button", name="Download NIfTI (ZIP)")).to_be_enabled()
+    pg.locator("#volumes button.thumbnail-item").nth(1).click()
+    pg.click("#nearest3d-btn")
+    driver.wait_loaded(pg, "#nearest3d-image img")
+    text = pg.locator("#nearest3d-text", has_text="SSIM-3D").inner_text()
+    assert re.search(r"training volume #\d+ \(IXI\d+.*\): SSIM-3D -?\d\.\d{3} to sample 1", text)
     with pg.expect_download() as got:
         pg.click("#nifti-zip")
     with zipfile.ZipFile(got.value.path()) as z:

@@ -98,12 +98,19 @@ def sources(page, selector: str) -> list[str]:
     return page.locator(selector).evaluate_all("ims => ims.map(i => i.src)")
 
 
-def ask_brains(page, age: float, sex: str, count: int) -> None:
+def ask_brains(page, age: float, sex: str, count: int, tries: int = 5) -> None:
     """On a 3D run's Sample brains tab, set the age, the sex ("F" or "M") and how many
-    volumes to draw (the page's first update must have come: it resets them)."""
-    page.fill("#sample3d-age input", f"{age:g}")
-    page.click("#sample3d-sex input")
-    page.get_by_role("option", name=sex, exact=True).click()
-    box = page.locator("#count3d input[type=number]")
-    box.fill(str(count))
-    box.press("Enter")
+    volumes to draw. The page's first update sets the condition inputs, and the browser
+    may apply it just after the first values were typed: they are typed again until
+    they stay."""
+    for _ in range(tries):
+        page.fill("#sample3d-age input", f"{age:g}")
+        page.click("#sample3d-sex input")
+        page.get_by_role("option", name=sex, exact=True).click()
+        box = page.locator("#count3d input[type=number]")
+        box.fill(str(count))
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        if page.input_value("#sample3d-age input") == f"{age:g}":
+            return
+    raise RuntimeError(f"the page did not keep age {age:g}")

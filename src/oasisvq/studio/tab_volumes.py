@@ -16,6 +16,7 @@ from oasisvq.studio import volumes as V
 from oasisvq.studio.page import (
     Page,
     guarded,
+    need,
     sample_controls,
     sampling,
     upload_path,
@@ -41,11 +42,17 @@ def sample_volumes_tab(page: Page, demo: gr.Blocks) -> None:
                 gallery = page.gallery(
                     "volumes", "sagittal | coronal | axial", 2, object_fit="contain", height="auto"
                 )
-                download = page.add(
-                    gr.DownloadButton(
-                        "Download NIfTI (ZIP)", elem_id="nifti-zip", interactive=False
+                with gr.Row():
+                    nearest = page.button(
+                        "nearest3d-btn", "Nearest training volume of the selected sample"
                     )
-                )
+                    download = page.add(
+                        gr.DownloadButton(
+                            "Download NIfTI (ZIP)", elem_id="nifti-zip", interactive=False
+                        )
+                    )
+                near_text = page.add(gr.Markdown(elem_id="nearest3d-text"))
+                near_image = page.image("nearest3d-image", "nearest training volume", height=220)
 
     @guarded
     def draw(*inputs) -> list:
@@ -53,10 +60,25 @@ def sample_volumes_tab(page: Page, demo: gr.Blocks) -> None:
         shown = [(page.png(V.views(v)), f"sample {i}") for i, v in enumerate(s.images)]
         path = page.output("zip", f"volumes-{uuid.uuid4().hex[:8]}.zip")
         V.export_nifti_zip(page.st, s, path)
-        return [shown, gr.update(value=str(path), interactive=True)]
+        return [shown, s, None, gr.update(value=str(path), interactive=True)]
+
+    @guarded
+    def nearest_of(s, i: int | None) -> list:
+        volume = need(s, "sample").images[need(i, "click a sample")]
+        idx, score, found, label = V.nearest_training(page.st, volume)
+        text = f"training volume #{idx} ({label}): SSIM-3D **{score:.3f}** to sample {i}"
+        return [text, page.png(V.views(found))]
+
+    def select(evt: gr.SelectData) -> int:
+        return int(evt.index)
 
     wire_conditions(page, demo, prior, conds, knobs[0], guided=GUIDANCE)
-    go.click(draw, [prior, *conds, *knobs], [gallery, download], concurrency_id="model")
+    outputs = [gallery, page.samples, page.selected, download]
+    go.click(draw, [prior, *conds, *knobs], outputs, concurrency_id="model")
+    gallery.select(select, None, page.selected)
+    nearest.click(
+        nearest_of, [page.samples, page.selected], [near_text, near_image], concurrency_id="model"
+    )
 
 
 def subjects_tab(page: Page, demo: gr.Blocks) -> None:

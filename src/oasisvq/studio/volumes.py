@@ -22,6 +22,7 @@ from oasisvq import metrics
 from oasisvq.data.nifti import write_nifti
 from oasisvq.data.volumes3d import VolumeSet, grid_affine, prepare_volume
 from oasisvq.errors import ConfigError, DataError, OasisError
+from oasisvq.evaluate.volume_samples import nearest_volumes
 from oasisvq.figures import orthogonal_slices
 from oasisvq.io import atomic_write
 from oasisvq.studio.backend import MAX_UPLOAD_VOXELS, Samples, Studio, sample
@@ -81,6 +82,17 @@ def export_nifti_zip(st: Studio, samples: Samples, path: str | Path) -> Path:
             z.writestr("settings.json", json.dumps(samples.settings, indent=2))
 
     return atomic_write(path, write)
+
+
+def nearest_training(st: Studio, volume: np.ndarray) -> tuple[int, float, np.ndarray, str]:
+    """The training volume most like ``volume (X, Y, Z)`` by SSIM-3D, found as
+    ``evaluate-samples`` finds it (:func:`oasisvq.evaluate.volume_samples.nearest_volumes`):
+    its index, the SSIM, the volume in [0, 1] and its subject's label."""
+    train = _split(st, "train")
+    idx, score = nearest_volumes(np.asarray(volume, np.float32)[None], train.volumes)
+    i = int(idx[0])
+    found = np.asarray(train.volumes[i], np.float32) / 255.0
+    return i, float(score[0]), found, subjects(st, "train")[i]
 
 
 def volume_splits(st: Studio) -> dict[str, VolumeSet]:
