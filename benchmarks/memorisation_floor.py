@@ -22,7 +22,11 @@ import torch
 import oasisvq
 from benchmarks.machine import command_line, machine_info, save_result
 from oasisvq.data.torch_dataset import to_uint8
-from oasisvq.evaluate.reference import memorised_shares, nearest_neighbours
+from oasisvq.evaluate.reference import (
+    memorised_shares,
+    nearest_neighbours,
+    real_memorised_share,
+)
 from oasisvq.evaluate.volume_samples import nearest_volumes
 
 
@@ -60,7 +64,6 @@ def floor(args: argparse.Namespace) -> dict:
             }
         )
         print(run.path, rows[-1]["nn_ssim_mean"], shares["memorised_share"], flush=True)
-    real = memorised_shares(real_nn, real_nn)
     return {
         "benchmark": "memorisation_floor",
         "data": next(iter(roots)),
@@ -68,7 +71,7 @@ def floor(args: argparse.Namespace) -> dict:
         "n_held_out": len(real_nn),
         "nn_ssim_real_mean": float(real_nn.mean()),
         "nn_ssim_real_p99": float(np.percentile(real_nn, 99)),
-        "memorised_share_of_real": real["memorised_share_of_real"],
+        "memorised_share_of_real": real_memorised_share(real_nn),
         "rows": rows,
         "command": command_line(),
         "machine": machine_info(),

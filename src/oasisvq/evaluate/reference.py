@@ -90,15 +90,22 @@ def memorised_shares(nn_ssim: np.ndarray, real_nn_ssim: np.ndarray) -> dict:
     real = np.asarray(real_nn_ssim, dtype=np.float64)
     threshold = float(np.percentile(real, MEMORISED_PERCENTILE))
     above = int((np.asarray(nn_ssim) > threshold).sum())
+    return {
+        "memorised_share": above / len(nn_ssim),
+        "memorised_share_ci95": wilson_interval(above, len(nn_ssim)),
+        "memorised_share_of_real": real_memorised_share(real),
+    }
+
+
+def real_memorised_share(real_nn_ssim: np.ndarray) -> float:
+    """The share of real held-out values ``(m,)`` above the 99th percentile of the other
+    ``m - 1`` (leave-one-out); NaN for fewer than two."""
+    real = np.asarray(real_nn_ssim, dtype=np.float64)
     loo = [
         real[i] > np.percentile(np.delete(real, i), MEMORISED_PERCENTILE)
         for i in range(len(real) if len(real) > 1 else 0)
     ]
-    return {
-        "memorised_share": above / len(nn_ssim),
-        "memorised_share_ci95": wilson_interval(above, len(nn_ssim)),
-        "memorised_share_of_real": float(np.mean(loo)) if loo else math.nan,
-    }
+    return float(np.mean(loo)) if loo else math.nan
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> list[float]:

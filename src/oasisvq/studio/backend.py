@@ -209,13 +209,20 @@ def _check_pixels(path: Path, name: str) -> None:
         raise DataError(name, f"{w}x{h} pixels: larger than a brain slice can be")
 
 
-def _read_volume_upload(st: Studio, path: Path, name: str) -> Upload:
+def volume_header(path: str | Path, name: str) -> tuple[int, ...]:
+    """The shape of an uploaded volume, read from its header alone; a file that cannot
+    be read or holds more than ``MAX_UPLOAD_VOXELS`` is a ``DataError`` naming ``name``."""
     try:
-        shape = nib.load(str(path)).shape  # the header only
+        shape = tuple(nib.load(str(path)).shape)  # the header only
     except Exception as exc:
         raise DataError(name, f"unreadable volume ({type(exc).__name__})") from None
     if math.prod(shape) > MAX_UPLOAD_VOXELS:
         raise DataError(name, f"volume of shape {shape}: too large")
+    return shape
+
+
+def _read_volume_upload(st: Studio, path: Path, name: str) -> Upload:
+    volume_header(path, name)
     try:
         vol, affine = read_volume(path)
         images, positions, _ = slice_volume(

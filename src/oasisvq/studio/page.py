@@ -131,6 +131,11 @@ def upload_path(page: Page, path: str) -> str:
     return real
 
 
+def selected_index(evt: gr.SelectData) -> int:
+    """The index of the gallery item a click selected (for ``gallery.select``)."""
+    return int(evt.index)
+
+
 def need(value, what: str):
     """``value``, or a message on the page asking for ``what`` first."""
     if value is None:

@@ -18,6 +18,7 @@ from oasisvq.studio.page import (
     need,
     sample_controls,
     sampling,
+    selected_index,
     wire_conditions,
 )
 
@@ -63,14 +64,11 @@ def sample_tab(page: Page, demo: gr.Blocks) -> None:
         idx, score, found = backend.nearest_training(page.st, image)
         return [page.png(found), f"training image #{idx}: SSIM **{score:.3f}** to sample {i}"]
 
-    def select(evt: gr.SelectData) -> int:
-        return int(evt.index)
-
     outputs = [gallery, page.samples, page.selected, download]
     go.click(draw, [prior, *conds, *knobs], outputs, concurrency_id="model").then(
         zip_samples, page.samples, download
     )
-    gallery.select(select, None, page.selected)
+    gallery.select(selected_index, None, page.selected)
     nearest.click(
         nearest_of, [page.samples, page.selected], [near_image, near_text], concurrency_id="model"
     )

@@ -19,6 +19,7 @@ from oasisvq.studio.page import (
     need,
     sample_controls,
     sampling,
+    selected_index,
     upload_path,
     wire_conditions,
 )
@@ -69,13 +70,10 @@ def sample_volumes_tab(page: Page, demo: gr.Blocks) -> None:
         text = f"training volume #{idx} ({label}): SSIM-3D **{score:.3f}** to sample {i}"
         return [text, page.png(V.views(found))]
 
-    def select(evt: gr.SelectData) -> int:
-        return int(evt.index)
-
     wire_conditions(page, demo, prior, conds, knobs[0], guided=GUIDANCE)
     outputs = [gallery, page.samples, page.selected, download]
     go.click(draw, [prior, *conds, *knobs], outputs, concurrency_id="model")
-    gallery.select(select, None, page.selected)
+    gallery.select(selected_index, None, page.selected)
     nearest.click(
         nearest_of, [page.samples, page.selected], [near_text, near_image], concurrency_id="model"
     )

@@ -9,12 +9,10 @@ the sampled volumes as NIfTI on the preset's voxel grid, as ``oasisvq sample`` w
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import zipfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -25,7 +23,7 @@ from oasisvq.errors import ConfigError, DataError, OasisError
 from oasisvq.evaluate.volume_samples import nearest_volumes
 from oasisvq.figures import orthogonal_slices
 from oasisvq.io import atomic_write
-from oasisvq.studio.backend import MAX_UPLOAD_VOXELS, Samples, Studio, sample
+from oasisvq.studio.backend import Samples, Studio, sample, volume_header
 
 MAX_VOLUMES = 8  # about a second each on one CPU thread at 12x14x12 codes
 GAP = 2  # pixels between the views
@@ -92,7 +90,7 @@ def nearest_training(st: Studio, volume: np.ndarray) -> tuple[int, float, np.nda
     idx, score = nearest_volumes(np.asarray(volume, np.float32)[None], train.volumes)
     i = int(idx[0])
     found = np.asarray(train.volumes[i], np.float32) / 255.0
-    return i, float(score[0]), found, subjects(st, "train")[i]
+    return i, float(score[0]), found, _label(train, i)
 
 
 def volume_splits(st: Studio) -> dict[str, VolumeSet]:
@@ -117,11 +115,14 @@ def _split(st: Studio, split: str) -> VolumeSet:
 def subjects(st: Studio, split: str) -> list[str]:
     """The subjects of ``split`` with their age and sex, as the page lists them."""
     data = _split(st, split)
-    out = []
-    for subject, age, sex in zip(data.subjects, data.ages, data.sexes, strict=True):
-        known = [f"{age:.0f} y" if np.isfinite(age) else "", {0: "F", 1: "M"}.get(int(sex), "")]
-        out.append(" ".join([subject, *filter(None, known)]))
-    return out
+    return [_label(data, i) for i in range(len(data.subjects))]
+
+
+def _label(data: VolumeSet, i: int) -> str:
+    """``subject [age y] [F|M]``, leaving out what is unknown."""
+    age, sex = data.ages[i], int(data.sexes[i])
+    known = [f"{age:.0f} y" if np.isfinite(age) else "", {0: "F", 1: "M"}.get(sex, "")]
+    return " ".join([data.subjects[i], *filter(None, known)])
 
 
 def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
@@ -129,7 +130,7 @@ def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
     data = _split(st, split)
     if not 0 <= index < len(data.volumes):
         raise ConfigError(f"subject {index}: {split} has {len(data.volumes)} volumes")
-    label = f"{subjects(st, split)[index]} ({split})"
+    label = f"{_label(data, index)} ({split})"
     return reconstruct(st, data.volumes[index], data.affines[index], label)
 
 
@@ -153,14 +154,9 @@ def reconstruct_upload(
 
 
 def _check_header(path: str | Path, name: str) -> None:
-    try:
-        shape = nib.load(str(path)).shape  # the header only
-    except Exception as exc:
-        raise DataError(name, f"unreadable volume ({type(exc).__name__})") from None
-    if len(shape) < 3 or math.prod(shape) > MAX_UPLOAD_VOXELS:
-        raise DataError(
-            name, f"volume of shape {shape}: expected 3D, at most {MAX_UPLOAD_VOXELS} voxels"
-        )
+    shape = volume_header(path, name)
+    if len(shape) < 3:
+        raise DataError(name, f"volume of shape {shape}: expected 3D")
 
 
 def reconstruct(st: Studio, volume: np.ndarray, affine: np.ndarray, label: str) -> dict:
