@@ -9,7 +9,8 @@ ones. A sample is a decoded code grid. This decodes the held-out split's own cod
 as a prior that drew exactly new subjects would, and measures them by the same rule:
 that share is the floor a decoder sets before any prior is trained. Beside it, the share
 of the real held-out scans, each against the percentile of the others
-(``memorised_share_of_real``). All runs must read the same data.
+(``memorised_share_of_real``). All runs must read the same data. With ``--texture`` the
+decoded grids get each run's scan texture, as ``sample --texture`` draws it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def _items(data) -> np.ndarray:
 
 def floor(args: argparse.Namespace) -> dict:
     runs = [oasisvq.load(path) for path in args.runs]
+    for run in runs if args.texture else ():
+        run.texture()  # fitted for this decoder: checked before any long work
     roots = {run.data_root if args.data is None else args.data for run in runs}
     if len(roots) != 1:
         raise SystemExit(f"memorisation_floor: the runs read different data: {sorted(roots)}")
@@ -47,8 +50,10 @@ def floor(args: argparse.Namespace) -> dict:
         if real_nn is None:
             _, real_nn = nearest(_items(held), _items(train))
         codes = run.codes(args.split, held).codes  # (m, *grid), cached in RUN/priors/
-        decoded = to_uint8(run.decode(torch.from_numpy(codes)))  # (m, *shape)
-        _, recon_nn = nearest(decoded, _items(train))
+        decoded = run.decode(torch.from_numpy(codes))  # (m, *shape) in [0, 1]
+        if args.texture:
+            decoded = run.texture().apply(decoded, seed=0)
+        _, recon_nn = nearest(to_uint8(decoded), _items(train))
         shares = memorised_shares(recon_nn, real_nn)
         rows.append(
             {
@@ -57,6 +62,7 @@ def floor(args: argparse.Namespace) -> dict:
                     "preset": run.config.name,
                     "decoder_finetune": run.finetune,
                     "adversarial_weight": run.config.adversarial_weight,
+                    "texture": args.texture,
                 },
                 "nn_ssim_mean": float(recon_nn.mean()),
                 "memorised_share": shares["memorised_share"],
@@ -83,6 +89,11 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", required=True, help="trained VQ-VAE runs, same data")
     p.add_argument("--data", default=None, help="data root (default: the runs')")
     p.add_argument("--split", default="validate")
+    p.add_argument(
+        "--texture",
+        action="store_true",
+        help="draw each run's scan texture (`oasisvq fit-texture`) onto the decoded grids",
+    )
     p.add_argument("--out", required=True, help="JSON result")
     args = p.parse_args()
     save_result(floor(args), args.out)

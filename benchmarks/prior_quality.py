@@ -41,6 +41,9 @@ def main() -> None:
         help="the decoder's and a masked prior's network's (default fp32)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--texture", action="store_true", help="draw the run's scan texture onto the samples"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="JSON result")
     args = p.parse_args()
@@ -52,6 +55,7 @@ def main() -> None:
         choice_temperature=args.choice_temperature,
         seed=args.seed,
         precision=args.precision,
+        texture=args.texture,
     )
     run = oasisvq.load(args.run, args.device)
     n = args.n or (64 if run.dims == 3 else 1000)

@@ -512,7 +512,10 @@ def volumes(results: Path) -> Iterator[Table]:
         "training volumes, threshold from decoded held-out ones), and the raw share the "
         "held-out volumes' own reconstructions reach (what a prior drawing new subjects "
         "perfectly would score: the decoder's smoothing alone moves a volume nearer the "
-        "training set). Diversity in brackets: the held-out volumes' reconstructions.",
+        "training set). Texture: samples drawn with the run's fitted scan texture "
+        "(`--texture`), and in brackets the share of training volumes' own reconstructions, "
+        "given the same texture, that the rule still flags as memorised. Diversity in "
+        "brackets: the held-out volumes' reconstructions.",
         _sources(samples),
         [
             ("VQ-VAE run", lambda r: _run_label(r["setup"])),
@@ -520,6 +523,7 @@ def volumes(results: Path) -> Iterator[Table]:
             ("training min (epochs)", _prior_training),
             ("condition", _condition),
             ("guidance", "{setup[sampling][guidance]:g}"),
+            ("texture (copies caught)", _texture),
             ("samples", "{setup[n_samples]}"),
             (
                 "NLL bits/volume (uniform)",
@@ -542,8 +546,10 @@ def volumes(results: Path) -> Iterator[Table]:
 
 def memorisation_floor(results: Path) -> Iterator[Table]:
     for r in load(results, "memorisation_floor-*.json"):
+        textured = any(x["setup"].get("texture") for x in r["rows"])
         yield Table(
-            "What a perfect prior would score as memorised, decoder by decoder",
+            "What a perfect prior would score as memorised, decoder by decoder"
+            + (", with the scan texture drawn" if textured else ""),
             f"The {r['split']} split's own code grids of {_data_name(r['data'])}, decoded by "
             "each run and measured by the rule of `evaluate-samples`: the share nearer a "
             "training volume (SSIM) than the 99th percentile of the real held-out ones, with "
@@ -553,6 +559,7 @@ def memorisation_floor(results: Path) -> Iterator[Table]:
             _sources([r]),
             [
                 ("VQ-VAE run", lambda x: _run_label(x["setup"])),
+                ("texture", lambda x: "on" if x["setup"].get("texture") else "off"),
                 ("NN-SSIM decoded (real)", lambda x, r=r: _nn_pair(x, r)),
                 ("memorised [95%]", _memorised3d_floor),
             ],
@@ -583,6 +590,12 @@ def _memorised3d(r: dict) -> str:
     )
     extra = [_share(m[k]) for k in keys if k in m]
     return out + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _texture(r: dict) -> str:
+    if not r["setup"]["sampling"].get("texture"):
+        return "off"
+    return f"on ({_share(r['memorisation']['memorised_share_of_textured_copies'])})"
 
 
 def _diversity3d(r: dict) -> str:

@@ -101,6 +101,16 @@ def test_the_3d_memorised_cell_shows_the_interval_and_the_real_shares_it_has() -
     assert report._memorised3d({"memorisation": {"memorised_share": 0.5}}) == "50.0%"
 
 
+def test_the_texture_cell_says_off_or_how_many_textured_copies_are_caught() -> None:
+    off = {"setup": {"sampling": {"guidance": 5.0}}, "memorisation": {}}
+    assert report._texture(off) == "off"  # results from before the option read as off
+    on = {
+        "setup": {"sampling": {"texture": True}},
+        "memorisation": {"memorised_share_of_textured_copies": 63 / 64},
+    }
+    assert report._texture(on) == "on (98.4%)"
+
+
 def test_commands_are_shown_as_run_from_the_repository_root() -> None:
     shown = report.shown_command(
         "/usr/bin/python3 benchmarks/fd_blur.py --run /srv/runs/m1 --data ../x/data/oasis --n 2"

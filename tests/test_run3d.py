@@ -267,7 +267,9 @@ def test_the_memorisation_floor_measures_decoded_held_out_codes_by_the_samples_r
 ) -> None:
     from benchmarks import memorisation_floor
 
-    args = argparse.Namespace(runs=[str(run3d), str(run3d)], data=None, split="validate")
+    args = argparse.Namespace(
+        runs=[str(run3d), str(run3d)], data=None, split="validate", texture=False
+    )
     result = memorisation_floor.floor(args)
     run = Run.open(run3d)
     train, held = run.split("train").volumes, run.split("validate").volumes
@@ -283,6 +285,17 @@ def test_the_memorisation_floor_measures_decoded_held_out_codes_by_the_samples_r
     assert first["memorised_share"] == pytest.approx((nn > threshold).mean())
     low, high = first["memorised_share_ci95"]
     assert low <= first["memorised_share"] <= high
+    # with the texture drawn: the same grids decoded, then the run's texture on them
+    assert main(["fit-texture", str(run3d), "--device", "cpu", "--force"]) == 0
+    info = json.loads((run3d / "texture.json").read_text())
+    (run3d / "texture.json").write_text(json.dumps({**info, "scale": 1.0}))  # drawn visibly
+    textured = memorisation_floor.floor(argparse.Namespace(**{**vars(args), "texture": True}))
+    row = textured["rows"][0]
+    drawn = run.texture().apply(run.reconstruct(np.asarray(held, np.float32) / 255), seed=0)
+    _, nn_textured = nearest_volumes(to_uint8(drawn), train)
+    assert row["setup"]["texture"] is True and not first["setup"]["texture"]
+    assert row["nn_ssim_mean"] == pytest.approx(nn_textured.mean())
+    assert row["nn_ssim_mean"] != pytest.approx(first["nn_ssim_mean"])
 
 
 def test_the_studio_samples_shows_and_exports_volumes_of_a_3d_run(run3d: Path, tmp_path) -> None:

@@ -5,6 +5,7 @@ downloaded as NIfTI; a subject of the data reconstructed. Needs what
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from test_studio_browser import TIMEOUT_MS, _require, serve
 from volume_toy import brain, make_volume_run
 
+from oasisvq.cli import main
 from oasisvq.data.volumes3d import grid_affine
 from oasisvq.studio import driver
 
@@ -30,6 +32,9 @@ def volume_page(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OASISVQ_CACHE", cache["OASISVQ_CACHE"])
         run = make_volume_run(base)
+        assert main(["fit-texture", str(run), "--device", "cpu"]) == 0
+    info = json.loads((run / "texture.json").read_text())
+    (run / "texture.json").write_text(json.dumps({**info, "scale": 1.0}))  # drawn visibly
     server = serve(run, cache)
     with sync_playwright() as p:
         browser = driver.launch(p)
@@ -53,6 +58,7 @@ def test_brains_sampled_at_an_age_and_sex_come_as_views_and_nifti(volume_page) -
     assert pg.input_value("#sample3d-age input") == ""
     assert pg.locator("#sample3d-position input").count() == 0
     driver.ask_brains(pg, 80, "F", 3)
+    pg.check("#texture3d input")
     pg.click("#sample3d-btn")
     driver.wait_loaded(pg, "#volumes img", 3)
     expect(pg.get_by_role("button", name="Download NIfTI (ZIP)")).to_be_enabled()
@@ -69,7 +75,7 @@ def test_brains_sampled_at_an_age_and_sex_come_as_views_and_nifti(volume_page) -
         settings = z.read("settings.json").decode()
         folder = Path(got.value.path()).parent / "unzipped"
         z.extractall(folder)
-    assert '"age": 80' in settings and '"sex": "F"' in settings
+    assert '"age": 80' in settings and '"sex": "F"' in settings and '"texture": true' in settings
     img = nib.load(folder / names[0])
     assert img.shape == (16, 16, 16)
     np.testing.assert_allclose(img.affine, grid_affine((16, 16, 16), 2.0))

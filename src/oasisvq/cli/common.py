@@ -170,6 +170,12 @@ def add_sampling_options(p: argparse.ArgumentParser, precision: str) -> None:
         choices=PRECISIONS,
         help=f"decoder and maskgit precision (default {precision}; auto: bf16 where native)",
     )
+    p.add_argument(
+        "--texture",
+        action="store_true",
+        help="draw the run's scan texture onto each sample (fitted by `oasisvq fit-texture`; "
+        "default: the decoder's smooth mean)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 

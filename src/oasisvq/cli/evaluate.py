@@ -1,4 +1,5 @@
-"""Measuring commands: ``evaluate``, ``reconstruct`` and ``evaluate-samples``."""
+"""Measuring commands: ``evaluate``, ``reconstruct``, ``evaluate-samples`` and
+``fit-texture``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from pathlib import Path
 
 from oasisvq.cli import args as A
 from oasisvq.cli.common import add_sampling_options, print_json, sampling_options
+from oasisvq.errors import OutputError
 from oasisvq.evaluate.reconstruction import evaluate_run, reconstruct_files
 from oasisvq.evaluate.samples import SampleEvaluation, evaluate_samples
 from oasisvq.evaluate.samples3d import VOLUME_EVALUATION, evaluate_volume_prior
+from oasisvq.evaluate.texture import fit_run_texture
 from oasisvq.io import run_lock
 from oasisvq.runs import Run
+from oasisvq.runs.texture import INFO, write_texture
 
 
 def _json_path(args: argparse.Namespace) -> Path | None:
@@ -57,9 +61,23 @@ def run_evaluate_samples(args: argparse.Namespace) -> int:
         feature_epochs=args.feature_epochs,
     )
     measure = evaluate_volume_prior if run.dims == 3 else evaluate_samples
+    if options.texture:
+        run.texture()  # fitted, and for this decoder: checked before any long work
     with run_lock(run.path):
         summary = measure(run, args.prior, options, settings, args.out, args.json)
     print_json(summary)
+    return 0
+
+
+def run_fit_texture(args: argparse.Namespace) -> int:
+    run = Run.open(args.run, args.device)
+    if (run.path / INFO).exists() and not args.force:
+        raise OutputError(f"{run.path / INFO}: a texture is fitted already; --force refits it")
+    with run_lock(run.path):
+        texture, info = fit_run_texture(run, args.data)
+        write_texture(run.path, texture, {"vqvae": run.vqvae_fingerprint(), **info})
+    print_json(info)
+    print(f"texture in {run.path / INFO}; draw it with `oasisvq sample {run.path} --texture`")
     return 0
 
 
@@ -73,15 +91,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", default=None, help="data root (default: the one the run was trained on)"
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Register evaluate, reconstruct and evaluate-samples."""
     p = sub.add_parser(
         "evaluate", help="measure reconstructions of a split (through the quantizer)"
     )
     _common(p)
-    p.add_argument(
-        "--data", default=None, help="data root (default: the one the run was trained on)"
-    )
+    _data(p)
     p.add_argument("--split", default="test")
     p.add_argument(
         "--out", default=None, help="folder for figures and CSV (default RUN/eval-SPLIT)"
@@ -105,9 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure a prior and its samples: NLL, memorisation, diversity, Frechet distance",
     )
     p.add_argument("run", help="VQ-VAE run directory with a trained prior")
-    p.add_argument(
-        "--data", default=None, help="data root (default: the one the run was trained on)"
-    )
+    _data(p)
     p.add_argument(
         "--n", type=A.count, default=None, help="number of samples (default 1000; 64 volumes)"
     )
@@ -124,3 +144,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_sampling_options(p, "fp32")
     p.set_defaults(func=run_evaluate_samples)
+
+    p = sub.add_parser(
+        "fit-texture",
+        help="fit the scan texture that --texture draws onto samples (the decoder's residual)",
+    )
+    p.add_argument("run", help="run directory written by `oasisvq train`")
+    _data(p)
+    p.add_argument("--force", action="store_true", help="refit a texture fitted before")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_fit_texture)

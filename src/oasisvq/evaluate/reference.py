@@ -117,6 +117,11 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """Up to ``k`` indices spread evenly over ``range(n)``."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+
+
 def random_pairs(n: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Index arrays ``(i, j)`` of pairs of distinct items out of ``n``: all
     ``n (n - 1) / 2`` pairs when there are at most ``n_pairs``, else ``n_pairs`` random

@@ -45,6 +45,7 @@ from oasisvq.evaluate.reference import (
     memorised_shares,
     nearest_neighbours,
     real_reference,
+    spread,
 )
 from oasisvq.figures import nearest_neighbour_figure, samples_figure
 from oasisvq.io import atomic_write, read_json, write_json
@@ -84,7 +85,8 @@ class SampleEvaluation:
 
 
 FEATURE_EPOCHS = 6  # of the 2D feature network
-EXACT_DECODING = SamplingOptions(precision="fp32")  # samples measured as fp32 decodes them
+EXACT_DECODING = SamplingOptions(precision="fp32")
+COPIES = 64  # training reconstructions given the texture to check that copies are still caught  # samples measured as fp32 decodes them
 
 
 @dataclass
@@ -222,7 +224,7 @@ def draw(
     t0 = time.perf_counter()
     codes = sample_codes(h.prior, n, cond, options)
     t1 = time.perf_counter()
-    samples = h.run.decode(codes, precision=options.precision).numpy()
+    samples = h.run.decode_samples(codes, options).numpy()
     timing = {"sampling_seconds": t1 - t0, "decoding_seconds": time.perf_counter() - t1}
     return samples, codes, cond_idx, timing
 
@@ -291,6 +293,21 @@ def memorisation(
     }
     found = {"idx": nn_idx, "ssim": nn_ssim, "recon_idx": rnn_idx, "recon_ssim": rnn_ssim}
     return out, found
+
+
+def textured_copies(
+    h: Held, options: SamplingOptions, threshold: float, nearest=nearest_neighbours
+) -> dict[str, float]:
+    """The memorised rule applied to copies: training scans' own reconstructions with the
+    texture drawn on, up to ``COPIES`` of them. Its share is how often a prior that
+    copied training subjects would be caught through the texture (1.0: always)."""
+    recon = reconstructions(h, "train", h.train_codes)
+    pick = spread(len(recon), COPIES)
+    means = torch.from_numpy(recon[pick]).float() / 255
+    copies = to_uint8(h.run.texture().apply(means, options.seed))
+    train = h.train.volumes if h.run.dims == 3 else h.train.images
+    ssim = nearest(copies, train)[1]
+    return {"memorised_share_of_textured_copies": float((ssim > threshold).mean())}
 
 
 def diversity(
@@ -490,6 +507,8 @@ def evaluate_samples(
     refs = references(h, settings, rng, seed)
     samples, codes, cond_idx, timing = draw(h, settings.n, options, rng)
     measured, found = measure_samples(h, refs, samples, codes, cond_idx, settings, seed)
+    if options.texture:
+        measured["memorisation"].update(textured_copies(h, options, refs.real.nn_ssim_p99))
     result.update(measured)
     result["timing"] = timing
     out = Path(out_dir) if out_dir is not None else run.prior_dir(h.name) / "eval-samples"

@@ -35,6 +35,7 @@ from oasisvq.evaluate.samples import (
     likelihood,
     open_held,
     setup,
+    textured_copies,
     train_and_held_reconstructions,
 )
 from oasisvq.evaluate.volume_net import (
@@ -45,7 +46,7 @@ from oasisvq.evaluate.volume_net import (
     real_ceiling,
     volume_net,
 )
-from oasisvq.evaluate.volume_samples import evaluate_volume_samples
+from oasisvq.evaluate.volume_samples import evaluate_volume_samples, nearest_volumes
 from oasisvq.figures import volume_views
 from oasisvq.io import write_json
 from oasisvq.prior.base import SamplingOptions
@@ -81,6 +82,8 @@ def evaluate_volume_prior(
     views of the first samples to ``out_dir`` (default ``RUN/priors/<prior>/eval-samples``)
     and returns the nested result."""
     h = open_held(run, prior, settings.split, settings.data_root)
+    if options.texture:
+        run.texture()  # fitted for this decoder, before the long work
     seed = 0 if options.seed is None else options.seed
     rng = np.random.default_rng(seed)
     cfg = h.prior.cfg
@@ -96,6 +99,9 @@ def evaluate_volume_prior(
         reconstructions=recon,
     )
     result["memorisation"] = {**measured["memorisation"], **code_copy_shares(h, codes)}
+    if options.texture:
+        threshold = measured["memorisation"]["nn_ssim_real_p99"]
+        result["memorisation"].update(textured_copies(h, options, threshold, nearest_volumes))
     result["diversity"] = measured["diversity"]
     train, validate = _arrays(h.train), _arrays(run.split("validate", settings.data_root))
     kw = {} if settings.feature_epochs is None else {"epochs": settings.feature_epochs}

@@ -64,8 +64,10 @@ class SamplingOptions:
     grids drawn at once (None = by grid size); precision: the decoder's and a masked
     prior's network's ("auto" = bf16 where native); choice_temperature: the Gumbel noise
     on a masked prior's confidence in its first steps (None = its configured value; 0 =
-    cells in order of confidence alone; large = cells in random order). Invalid values
-    raise ``ConfigError`` naming the option and its range.
+    cells in order of confidence alone; large = cells in random order); texture: draw the
+    run's fitted scan texture onto each decoded sample (``oasisvq fit-texture``; False =
+    the decoder's mean). Invalid values raise ``ConfigError`` naming the option and its
+    range.
     """
 
     temperature: float = 1.0
@@ -76,6 +78,7 @@ class SamplingOptions:
     batch_size: int | None = None
     precision: str = "auto"
     choice_temperature: float | None = None
+    texture: bool = False
 
     def __post_init__(self) -> None:
         _check_number("--temperature", self.temperature, 0.0)

@@ -202,7 +202,7 @@ def load_config(ckpt: Path) -> dict:
 
 def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """The tensors of ``ckpt/model.safetensors``; a damaged file is a ``RunError``."""
-    return _read_safetensors(Path(ckpt) / WEIGHTS, "checkpoint weights")
+    return read_safetensors(Path(ckpt) / WEIGHTS, "checkpoint weights")
 
 
 def load_weights(ckpt: Path, model: torch.nn.Module, new: tuple[str, ...] = ()) -> None:
@@ -237,7 +237,7 @@ def load_state(ckpt: Path) -> dict[str, Any]:
         meta = read_json(ckpt / STATE_JSON, "checkpoint state")
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             raise RunError(f"{ckpt / STATE_JSON}: not a training state of this version")
-        tensors = _read_safetensors(ckpt / STATE_TENSORS, "checkpoint state")
+        tensors = read_safetensors(ckpt / STATE_TENSORS, "checkpoint state")
         state = _decode(meta.get("state"), tensors, ckpt / STATE_JSON)
     elif (ckpt / LEGACY_STATE).exists():
         state = _load_legacy(ckpt / LEGACY_STATE)
@@ -248,7 +248,7 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
-def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         return load_safetensors(path.read_bytes())
     except FileNotFoundError as exc:

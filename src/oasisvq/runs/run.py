@@ -29,6 +29,7 @@ from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.device import amp_dtype, pick_device
 from oasisvq.errors import ConfigError, RunError
 from oasisvq.model.presets import VQVAEConfig
+from oasisvq.model.texture import Texture
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.base import DEFAULT_OPTIONS, Prior, SamplingOptions
 from oasisvq.prior.config import PriorConfig
@@ -37,6 +38,7 @@ from oasisvq.prior.registry import build_prior
 from oasisvq.prior.sampling import Conditions, condition_batch, sample_codes
 from oasisvq.runs import checkpoint
 from oasisvq.runs.codes import cached_codes, codes_fingerprint, vqvae_fingerprint
+from oasisvq.runs.texture import read_texture
 
 ArrayLike = Tensor | np.ndarray
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -92,6 +94,7 @@ class Run:
         self.device = device
         self.config: VQVAEConfig = VQVAEConfig.from_dict(saved["model"])
         self._priors: dict[str, Prior] = {}
+        self._texture: Texture | None = None
 
     @classmethod
     def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -266,4 +269,18 @@ class Run:
         runs at ``options.precision``."""
         p = self.prior(prior)
         codes = sample_codes(p, n, condition_batch(p.cfg, conditions, n), options)
-        return self.decode(codes, precision=options.precision), codes
+        return self.decode_samples(codes, options), codes
+
+    def decode_samples(self, codes: ArrayLike, options: SamplingOptions) -> Tensor:
+        """Sampled codes ``(n, *grid)`` -> images as :meth:`decode` at
+        ``options.precision``, with the scan texture drawn from ``options.seed`` when
+        ``options.texture``."""
+        images = self.decode(codes, precision=options.precision)
+        return self.texture().apply(images, options.seed) if options.texture else images
+
+    def texture(self) -> Texture:
+        """The scan texture fitted for this run's decoder (``oasisvq fit-texture``)."""
+        if self._texture is None:
+            shape = tuple(self.config.input_shape)
+            self._texture = read_texture(self.path, shape, self.vqvae_fingerprint())
+        return self._texture

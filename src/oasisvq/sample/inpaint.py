@@ -116,15 +116,20 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_inpainting(
-    result: Inpainting, run: Run, out: Path, settings: dict, precision: str = "fp32"
+    result: Inpainting,
+    run: Run,
+    out: Path,
+    settings: dict,
+    options: SamplingOptions = DEFAULT_OPTIONS,
 ) -> dict:
     """Write ``out/``: ``input.png``, ``reconstruction.png`` (its codes decoded),
     ``inpainted_<i>.png``, ``codes.npy`` (n, h, w) int16, ``input_codes.npy`` (h, w),
     ``cell_mask.npy`` (h, w) bool, the figure ``inpaint.png`` and ``inpaint.json``
     (``settings``, the number of cells resampled and the files). Returns that JSON's dict.
-    ``precision``: the decoder's (see ``Run.decode``)."""
-    recon = run.decode(result.codes[None], precision=precision)
-    images = run.decode(result.inpainted, precision=precision)
+    ``options``: the decoder's precision and the inpainted images' texture (see
+    ``Run.decode_samples``)."""
+    recon = run.decode(result.codes[None], precision=options.precision)
+    images = run.decode_samples(result.inpainted, options)
     pngs = {"input": result.image, "reconstruction": to_uint8(recon)[0]}
     pngs.update((f"inpainted_{i}", img) for i, img in enumerate(to_uint8(images)))
     arrays = {
@@ -172,6 +177,8 @@ def inpaint_files(
     )
     cond = condition_batch(p.cfg, conditions, n)
     check_guidance(p.cfg, options.guidance)
+    if options.texture:
+        run.texture()
     folder = fresh_output_dir(out, force, "inpaint.json")
     result = inpaint_image(run, p, image, mask, n, cond, options)
     settings = {
@@ -184,4 +191,4 @@ def inpaint_files(
         **options.to_dict(),  # steps None: the prior's own (autoregressive: a cell a step)
         "conditions": {k: v for k, v in (conditions or {}).items() if v is not None},
     }
-    return write_inpainting(result, run, folder, settings, options.precision)
+    return write_inpainting(result, run, folder, settings, options)

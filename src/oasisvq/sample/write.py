@@ -42,6 +42,8 @@ def sample_to_folder(
     cfg = run.prior(name).cfg  # what was asked is checked against the prior before any output
     resolve_conditions(cfg, conditions)
     check_guidance(cfg, options.guidance)
+    if options.texture:
+        run.texture()
     out = fresh_output_dir(out, force, MARKER)
     images, codes = run.sample(n, name, options, conditions)
     info = {

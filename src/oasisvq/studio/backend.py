@@ -393,13 +393,17 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int | None = 0,
+    texture: bool = False,
 ) -> Samples:
-    """``n`` new images from ``prior`` (None: the newest); the same seed gives the same."""
+    """``n`` new images from ``prior`` (None: the newest); the same seed gives the same.
+    texture: draw the run's scan texture onto them (see :func:`has_texture`)."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ConfigError(f"{n} samples: ask for 1 to {MAX_SAMPLES}")
     p = _prior(st, prior)
     # fp32 decoding: the pixels Edit and Reconstruct decode too
-    options = SamplingOptions(temperature, top_k or None, guidance, seed=seed, precision="fp32")
+    options = SamplingOptions(
+        temperature, top_k or None, guidance, seed=seed, precision="fp32", texture=texture
+    )
     images, codes = st.model.sample(n, prior or p.cfg.name, options, _given(conditions))
     settings = {
         "run": str(st.run_dir),
@@ -410,8 +414,18 @@ def sample(
         "temperature": temperature,
         "top_k": top_k or None,
         "seed": seed,
+        "texture": texture,
     }
     return Samples(images.clamp(0, 1).numpy(), codes.numpy(), settings)
+
+
+def has_texture(st: Studio) -> bool:
+    """Whether the run has a usable scan texture (``oasisvq fit-texture``)."""
+    try:
+        st.model.texture()
+    except OasisError:
+        return False
+    return True
 
 
 def nearest_training(st: Studio, image: np.ndarray) -> tuple[int, float, np.ndarray]:

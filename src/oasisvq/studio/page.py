@@ -202,16 +202,20 @@ def conditions(cls: str, position: float | None, age: float | None, sex: str) ->
 def sampling_inputs(
     page: Page, suffix: str = "", guidance: tuple = (4, 1, 0.1), count: tuple = (64, 16, "samples")
 ) -> list:
-    """A Sample tab's guidance ``(max, value, step)``, temperature, top-k, seed and count
-    ``(max, value, label)`` inputs, in the order :func:`sampling` takes them."""
+    """A Sample tab's guidance ``(max, value, step)``, temperature, top-k, seed, count
+    ``(max, value, label)`` and scan-texture inputs, in the order :func:`sampling` takes
+    them. The texture box is live only when the run has one fitted."""
     top, value, step = guidance
     most, n, label = count
+    fitted = backend.has_texture(page.st)
+    hint = "scan texture" if fitted else "scan texture (fit one: oasisvq fit-texture RUN)"
     return [
         page.slider(f"guidance{suffix}", "guidance (1: none)", 0, top, value, step),
         page.slider(f"temperature{suffix}", "temperature", 0, 2, 1, 0.05),
         page.integer(f"top-k{suffix}", "top-k (0: all codes)"),
         page.integer(f"seed{suffix}", "seed"),
         page.slider(f"count{suffix}", label, 1, most, n),
+        page.add(gr.Checkbox(False, label=hint, interactive=fitted, elem_id=f"texture{suffix}")),
     ]
 
 
@@ -224,7 +228,7 @@ def sample_controls(page: Page, prefix: str, suffix: str = "", **knobs) -> tuple
     return prior, conds, inputs, page.button(f"{prefix}-btn", "Sample", primary=True)
 
 
-def sampling(name, cls, pos, age, sex, guidance, temperature, top_k, seed, n) -> dict:
+def sampling(name, cls, pos, age, sex, guidance, temperature, top_k, seed, n, texture) -> dict:
     """A Sample tab's inputs as the keyword arguments of ``backend.sample``."""
     return {
         "n": int(n),
@@ -234,6 +238,7 @@ def sampling(name, cls, pos, age, sex, guidance, temperature, top_k, seed, n) ->
         "temperature": float(temperature),
         "top_k": int(top_k or 0),
         "seed": None if seed is None else int(seed),
+        "texture": bool(texture),
     }
 
 

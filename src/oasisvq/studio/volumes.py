@@ -53,12 +53,14 @@ def sample_volumes(
     temperature: float,
     top_k: int | None,
     seed: int | None,
+    texture: bool = False,
 ) -> Samples:
     """``n`` (1 to ``MAX_VOLUMES``) new volumes ``(n, X, Y, Z)`` from ``prior`` at
-    ``conditions`` (``age`` in years, ``sex`` "F" or "M"); the same seed gives the same."""
+    ``conditions`` (``age`` in years, ``sex`` "F" or "M"); the same seed gives the same.
+    texture: draw the run's scan texture onto them."""
     if not 1 <= n <= MAX_VOLUMES:
         raise ConfigError(f"{n} volumes: ask for 1 to {MAX_VOLUMES}")
-    return sample(st, n, prior, conditions, guidance, temperature, top_k, seed)
+    return sample(st, n, prior, conditions, guidance, temperature, top_k, seed, texture)
 
 
 def export_nifti_zip(st: Studio, samples: Samples, path: str | Path) -> Path:
