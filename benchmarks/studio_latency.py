@@ -98,7 +98,7 @@ def _single_volumes(browser, url: str, repeats: int) -> dict:
     page = browser.new_context(viewport=driver.VIEWPORT).new_page()
     page.set_default_timeout(120_000)
     page.goto(url)
-    expect(page.locator("#guidance3d input[type=number]")).to_have_value("5")  # page ready
+    expect(page.locator("#sample3d-position input")).to_have_count(0)  # first update came
     driver.ask_brains(page, 80, "F", 8)
     times: dict[str, list[float]] = {"volumes_8": [], "subject_reconstruction": []}
     for i in range(repeats):
