@@ -61,8 +61,6 @@ def run_evaluate_samples(args: argparse.Namespace) -> int:
         feature_epochs=args.feature_epochs,
     )
     measure = evaluate_volume_prior if run.dims == 3 else evaluate_samples
-    if options.texture:
-        run.texture()  # fitted, and for this decoder: checked before any long work
     with run_lock(run.path):
         summary = measure(run, args.prior, options, settings, args.out, args.json)
     print_json(summary)
@@ -98,7 +96,7 @@ def _data(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register evaluate, reconstruct and evaluate-samples."""
+    """Register evaluate, reconstruct, evaluate-samples and fit-texture."""
     p = sub.add_parser(
         "evaluate", help="measure reconstructions of a split (through the quantizer)"
     )

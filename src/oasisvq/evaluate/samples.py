@@ -85,8 +85,8 @@ class SampleEvaluation:
 
 
 FEATURE_EPOCHS = 6  # of the 2D feature network
-EXACT_DECODING = SamplingOptions(precision="fp32")
-COPIES = 64  # training reconstructions given the texture to check that copies are still caught  # samples measured as fp32 decodes them
+EXACT_DECODING = SamplingOptions(precision="fp32")  # samples measured as fp32 decodes them
+COPIES = 64  # training reconstructions given the texture: are copies still caught?
 
 
 @dataclass
@@ -500,6 +500,8 @@ def evaluate_samples(
     """Measure prior ``prior`` of ``run`` and ``settings.n`` of its samples (see the module
     docstring). Writes ``metrics.json`` and figures to ``out_dir`` (default
     ``RUN/priors/<prior>/eval-samples``) and returns the nested result."""
+    if options.texture:
+        run.texture()  # fitted for this decoder: checked before any long work
     h = open_held(run, prior, settings.split, settings.data_root)
     seed = 0 if options.seed is None else options.seed
     rng = np.random.default_rng(seed)

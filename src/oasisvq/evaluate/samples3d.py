@@ -81,9 +81,9 @@ def evaluate_volume_prior(
     ``RUN/features3d/``, selected on the validate split). Writes ``metrics.json`` and
     views of the first samples to ``out_dir`` (default ``RUN/priors/<prior>/eval-samples``)
     and returns the nested result."""
-    h = open_held(run, prior, settings.split, settings.data_root)
     if options.texture:
-        run.texture()  # fitted for this decoder, before the long work
+        run.texture()  # fitted for this decoder: checked before any long work
+    h = open_held(run, prior, settings.split, settings.data_root)
     seed = 0 if options.seed is None else options.seed
     rng = np.random.default_rng(seed)
     cfg = h.prior.cfg
