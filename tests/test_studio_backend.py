@@ -296,3 +296,41 @@ def test_studio_warns_when_not_on_loopback(
     assert cli.main(["studio", "r", "--host", "0.0.0.0"]) == 0
     assert "no authentication" in capsys.readouterr().err
     assert calls == [("r", None, "127.0.0.1", 9999, "cpu"), ("r", None, "0.0.0.0", None, "cpu")]
+
+
+def test_an_upload_box_gives_one_nifti_or_an_analyze_pair_side_by_side(tmp_path: Path) -> None:
+    from oasisvq.studio.page import Page, upload_volume
+
+    page = Page(None, tmp_path / "page", None, None, None, None)
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    boxes = {}  # Gradio keeps every uploaded file in a folder of its own
+    for name, image in (
+        ("scan.nii.gz", nib.Nifti1Image(data, affine)),
+        ("oasis.hdr", nib.AnalyzeImage(data, affine)),
+    ):
+        folder = tmp_path / "page" / f"box-{name}"
+        folder.mkdir(parents=True)
+        nib.save(image, folder / name)
+        boxes[name] = sorted(str(p) for p in folder.iterdir())
+    assert len(boxes["oasis.hdr"]) == 2  # oasis.hdr and oasis.img
+    hdr, img = boxes["oasis.hdr"]
+    elsewhere = tmp_path / "page" / "box-img"
+    elsewhere.mkdir()
+    img = str(Path(img).rename(elsewhere / "oasis.img"))
+    assert upload_volume(page, None) is None and upload_volume(page, []) is None
+    assert upload_volume(page, boxes["scan.nii.gz"]) == (boxes["scan.nii.gz"][0], "scan.nii.gz")
+    path, name = upload_volume(page, [img, hdr])
+    assert name == "oasis.hdr" and Path(path).parent != Path(hdr).parent
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), data)
+    # a box keeps every upload: the newest volume counts
+    nifti = boxes["scan.nii.gz"][0]
+    assert upload_volume(page, [hdr, img, nifti]) == (nifti, "scan.nii.gz")
+    assert upload_volume(page, [nifti, hdr, img])[1] == "oasis.hdr"
+    for bad in ([img], [hdr], [nifti, hdr], [img, nifti, img]):
+        with pytest.raises(DataError, match="an Analyze .hdr with its .img") as err:
+            upload_volume(page, bad)
+        assert "\n" not in str(err.value)
+    (tmp_path / "oasis.img").write_bytes(Path(img).read_bytes())  # outside the page's folder
+    with pytest.raises(DataError, match="page's own folder"):
+        upload_volume(page, [str(tmp_path / "oasis.img"), hdr])

@@ -109,7 +109,24 @@ def test_an_uploaded_scan_is_reconstructed_and_downloadable(volume_page, tmp_pat
     mask = tmp_path / "half.nii.gz"
     nib.save(nib.Nifti1Image(half, np.diag([2.0, 2.0, 2.0, 1.0])), mask)
     pg.set_input_files("#upload3d-mask input[type=file]", mask)
-    pg.locator("#recon3d-metrics", has_text="brain mask half.nii.gz").wait_for()
+    masked = pg.locator("#recon3d-metrics", has_text="brain mask half.nii.gz")
+    masked.wait_for()
+    # an Analyze pair (as OASIS ships them), both files in one upload, added to the box
+    # after the NIfTI file: the newest volume is reconstructed, read as nibabel reads it
+    nib.save(nib.AnalyzeImage(volume, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "oasis.hdr")
+    pg.set_input_files(
+        "#upload3d input[type=file]", [tmp_path / "oasis.hdr", tmp_path / "oasis.img"]
+    )
+    pair = pg.locator("#recon3d-metrics", has_text="oasis.hdr (brain mask half.nii.gz)")
+    shown = [pair.inner_text()]
+    analyze = nib.load(tmp_path / "oasis.hdr")  # Analyze holds no orientation: nibabel's default
+    same = nib.Nifti1Image(np.asarray(analyze.dataobj), analyze.affine)
+    nib.save(same, tmp_path / "as-nifti.nii.gz")
+    pg.set_input_files("#upload3d input[type=file]", tmp_path / "as-nifti.nii.gz")
+    again = pg.locator("#recon3d-metrics", has_text="as-nifti.nii.gz (brain mask half.nii.gz)")
+    shown.append(again.inner_text())
+    scores = [re.search(r"SSIM-3D .*", text).group() for text in shown]
+    assert scores[0] == scores[1]
     with pg.expect_download() as got:
         pg.click("#recon3d-nifti")
     assert got.value.suggested_filename.endswith("_recon.nii.gz")

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import math
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -129,6 +130,31 @@ def upload_path(page: Page, path: str) -> str:
     if not real.startswith(os.path.realpath(page.workdir) + os.sep):
         raise DataError(path, "uploads are read from the page's own folder only")
     return real
+
+
+VOLUME_TYPES = [".nii", ".gz", ".hdr", ".img"]  # a NIfTI file, or an Analyze pair
+
+
+def upload_volume(page: Page, paths: str | list[str] | None) -> tuple[str, str] | None:
+    """The newest volume in an upload box as ``(path, name)``: its last file when that is
+    NIfTI, or its last two when they are an Analyze ``.hdr`` and ``.img`` of one stem (as
+    OASIS ships them). A box of several files keeps every upload, oldest first. Gradio
+    keeps each file in a folder of its own, so a pair is first put side by side."""
+    if not paths:
+        return None
+    given = [paths] if isinstance(paths, str) else list(paths)
+    names = [os.path.basename(p) for p in given]
+    if os.path.splitext(names[-1])[1].lower() not in (".hdr", ".img"):
+        return upload_path(page, given[-1]), names[-1]
+    pair = sorted(zip(names[-2:], given[-2:], strict=True), key=lambda x: x[0].lower())
+    stems, kinds = zip(*(os.path.splitext(n.lower()) for n, _ in pair), strict=True)
+    if kinds != (".hdr", ".img") or len(set(stems)) != 1:
+        raise DataError(names[-1], "upload one NIfTI file, or an Analyze .hdr with its .img")
+    tag = uuid.uuid4().hex[:8]
+    copies = [
+        shutil.copyfile(upload_path(page, p), page.output("analyze", f"{tag}-{n}")) for n, p in pair
+    ]
+    return str(copies[0]), pair[0][0]
 
 
 def selected_index(evt: gr.SelectData) -> int:

@@ -5,7 +5,6 @@ reconstruction taken away as NIfTI)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import gradio as gr
@@ -14,13 +13,14 @@ import numpy as np
 from oasisvq.studio import render
 from oasisvq.studio import volumes as V
 from oasisvq.studio.page import (
+    VOLUME_TYPES,
     Page,
     guarded,
     need,
     sample_controls,
     sampling,
     selected_index,
-    upload_path,
+    upload_volume,
     wire_conditions,
 )
 from oasisvq.studio.tab_prior import NO_PRIOR
@@ -92,16 +92,18 @@ def subjects_tab(page: Page, demo: gr.Blocks) -> None:
         with gr.Row():
             upload = page.add(
                 gr.File(
-                    label="or upload a NIfTI scan (20 MB at most)",
-                    file_types=[".nii", ".gz"],
+                    label="or upload a scan: NIfTI, or Analyze .hdr with its .img (20 MB at most)",
+                    file_count="multiple",
+                    file_types=VOLUME_TYPES,
                     elem_id="upload3d",
                 )
             )
             mask = page.add(
                 gr.File(
-                    label="and its brain mask (NIfTI, nonzero = brain), unless the scan "
+                    label="and its brain mask (nonzero = brain), unless the scan "
                     "is brain-extracted",
-                    file_types=[".nii", ".gz"],
+                    file_count="multiple",
+                    file_types=VOLUME_TYPES,
                     elem_id="upload3d-mask",
                 )
             )
@@ -143,14 +145,11 @@ def subjects_tab(page: Page, demo: gr.Blocks) -> None:
         return shown(V.reconstruct_subject(page.st, name, int(index)))
 
     @guarded
-    def uploaded(path: str | None, mask_path: str | None) -> list:
-        if path is None:
+    def uploaded(paths: list[str] | None, mask_paths: list[str] | None) -> list:
+        scan = upload_volume(page, paths)
+        if scan is None:
             return gr.skip()
-        given = None
-        if mask_path is not None:
-            given = (upload_path(page, mask_path), os.path.basename(mask_path))
-        name = os.path.basename(path)
-        return shown(V.reconstruct_upload(page.st, upload_path(page, path), name, given))
+        return shown(V.reconstruct_upload(page.st, *scan, upload_volume(page, mask_paths)))
 
     outputs = [metrics, original, recon, diff, nifti]
     split.change(listed, split, subject)

@@ -139,9 +139,10 @@ def reconstruct_subject(st: Studio, split: str, index: int) -> dict:
 def reconstruct_upload(
     st: Studio, path: str | Path, name: str, mask: tuple[str | Path, str] | None = None
 ) -> dict:
-    """An uploaded NIfTI scan, prepared as ``oasisvq reconstruct`` prepares one (canonical
-    orientation, the preset's voxels and shape, intensity scaling, and the brain mask
-    ``mask = (path, name)`` when given), through the quantizer. Headers are read first:
+    """An uploaded scan (NIfTI, or the ``.hdr`` of an Analyze pair), prepared as ``oasisvq
+    reconstruct`` prepares one (canonical orientation, the preset's voxels and shape,
+    intensity scaling, and the brain mask ``mask = (path, name)`` when given), through
+    the quantizer. Headers are read first:
     a file of more than ``MAX_UPLOAD_VOXELS`` is refused."""
     _check_header(path, name)
     if mask is not None:
