@@ -52,6 +52,11 @@ def test_apply_draws_the_fitted_texture_and_the_same_seed_the_same_one() -> None
     drawn = texture.apply(mean[:4], seed=3)
     assert torch.equal(drawn, texture.apply(mean[:4], seed=3))
     assert not torch.equal(drawn, texture.apply(mean[:4], seed=4))
+    torch.manual_seed(9)
+    fresh = [texture.apply(mean[:1], seed=None) for _ in range(2)]
+    after = torch.rand(3)
+    torch.manual_seed(9)
+    assert not torch.equal(*fresh) and torch.equal(after, torch.rand(3))  # global RNG untouched
     assert (drawn - mean[:4]).std() == pytest.approx(float((real - mean).std()), rel=0.1)
     # the field carries the residual's spatial correlation, not white noise
     field = drawn - mean[:4]

@@ -15,6 +15,7 @@ reconstructions lie as near the other training scans as real scans do.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,7 @@ class Texture:
                 f"texture fitted on {self.shape}, images are {tuple(images.shape[1:])}"
             )
         generator = torch.Generator()
-        generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        generator.manual_seed(int(seed) if seed is not None else secrets.randbits(62))
         out = torch.empty_like(images, dtype=torch.float32)
         for i, mean in enumerate(images.float().cpu()):
             std = self.std[bucket(mean)]  # (*shape)
