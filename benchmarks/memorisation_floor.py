@@ -23,17 +23,12 @@ import torch
 import oasisvq
 from benchmarks.machine import command_line, machine_info, save_result
 from oasisvq.data.torch_dataset import to_uint8
+from oasisvq.data.volumes3d import split_arrays
 from oasisvq.evaluate.reference import (
     memorised_shares,
-    nearest_neighbours,
     real_memorised_share,
 )
-from oasisvq.evaluate.volume_samples import nearest_volumes
-
-
-def _items(data) -> np.ndarray:
-    """A split's images ``(N, S, S)`` or volumes ``(N, X, Y, Z)``, uint8."""
-    return data.volumes if hasattr(data, "volumes") else data.images
+from oasisvq.evaluate.volume_samples import nearest_search
 
 
 def floor(args: argparse.Namespace) -> dict:
@@ -45,15 +40,15 @@ def floor(args: argparse.Namespace) -> dict:
         raise SystemExit(f"memorisation_floor: the runs read different data: {sorted(roots)}")
     rows, real_nn = [], None
     for run in runs:
-        nearest = nearest_volumes if run.dims == 3 else nearest_neighbours
+        nearest = nearest_search(run.dims)
         train, held = run.split("train", args.data), run.split(args.split, args.data)
         if real_nn is None:
-            _, real_nn = nearest(_items(held), _items(train))
+            _, real_nn = nearest(split_arrays(held), split_arrays(train))
         codes = run.codes(args.split, held).codes  # (m, *grid), cached in RUN/priors/
         decoded = run.decode(torch.from_numpy(codes))  # (m, *shape) in [0, 1]
         if args.texture:
             decoded = run.texture().apply(decoded, seed=0)
-        _, recon_nn = nearest(to_uint8(decoded), _items(train))
+        _, recon_nn = nearest(to_uint8(decoded), split_arrays(train))
         shares = memorised_shares(recon_nn, real_nn)
         rows.append(
             {

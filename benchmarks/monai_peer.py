@@ -87,7 +87,7 @@ from benchmarks.monai_adapter import SHAPES, MonaiVQVAE
 from oasisvq.data.loader import get_split, load_splits
 from oasisvq.data.options import DataOptions
 from oasisvq.data.slices import SliceSet
-from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.data.volumes3d import VolumeSet, split_arrays
 from oasisvq.errors import ConfigError
 from oasisvq.evaluate.reconstruction import evaluate_slices
 from oasisvq.evaluate.volumes import evaluate_volumes
@@ -146,7 +146,7 @@ def _codes_checked(
     """The code grid of the first few validation inputs, and for MONAI whether its own
     ``index_quantize`` gives the adapter's codes. Raises if the grid is not the preset's."""
     cfg = model.cfg
-    arrays = val.volumes if isinstance(val, VolumeSet) else val.images
+    arrays = split_arrays(val)
     x = np.asarray(arrays[: CHECKED[cfg.dims]], np.float32) / 255.0
     x = torch.from_numpy(x)[:, None].to(device)
     with torch.no_grad():

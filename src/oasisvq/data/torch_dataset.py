@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oasisvq.data.slices import SliceSet
-from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.data.volumes3d import VolumeSet, split_arrays
 
 
 class ImageDataset(Dataset):
@@ -15,7 +15,7 @@ class ImageDataset(Dataset):
     device, not here."""
 
     def __init__(self, data: SliceSet | VolumeSet) -> None:
-        self.images = data.volumes if isinstance(data, VolumeSet) else data.images
+        self.images = split_arrays(data)
 
     def __len__(self) -> int:
         return len(self.images)

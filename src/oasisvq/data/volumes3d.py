@@ -36,7 +36,7 @@ from oasisvq.data import volumes
 from oasisvq.data.cache import cache_dir, cached_folder, fingerprint
 from oasisvq.data.options import DataOptions
 from oasisvq.data.prepare import find_clinical_table, read_clinical_table
-from oasisvq.data.slices import SPLIT_NAMES
+from oasisvq.data.slices import SPLIT_NAMES, SliceSet
 from oasisvq.data.volumes import (
     FOREGROUND_LEVEL,
     NO_SPLIT,
@@ -161,6 +161,11 @@ class Prepared:
 
 
 # ----------------------------------------------------------------------------- grids
+
+
+def split_arrays(data: SliceSet | VolumeSet) -> np.ndarray:
+    """A split's images ``(N, S, S)`` or volumes ``(N, X, Y, Z)``, uint8."""
+    return data.volumes if isinstance(data, VolumeSet) else data.images
 
 
 def grid_affine(shape: tuple[int, int, int], voxel_mm: float) -> np.ndarray:

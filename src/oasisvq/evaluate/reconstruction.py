@@ -16,6 +16,7 @@ from oasisvq.data.slices import SliceSet
 from oasisvq.data.tree import load_folder
 from oasisvq.data.volumes3d import VolumeSet
 from oasisvq.errors import ConfigError
+from oasisvq.evaluate.reference import spread
 from oasisvq.evaluate.volumes import evaluate_volumes, reconstruct_volume_files, write_volume_report
 from oasisvq.figures import reconstruction_figure
 from oasisvq.io import atomic_write, check_writable, write_json
@@ -60,7 +61,7 @@ def write_report(
         w.writerow(["source", "ssim", "ms_ssim", "psnr", "mse"])
         for i, src in enumerate(slices.sources):
             w.writerow([src, *(f"{r[k][i]:.6f}" for k in ("ssim", "ms_ssim", "psnr", "mse"))])
-    pick = _spread(len(slices), 8)
+    pick = spread(len(slices), 8)
     reconstruction_figure(
         slices.images[pick].astype(np.float32) / 255.0,
         r["codes"][pick],
@@ -69,11 +70,6 @@ def write_report(
         ssim_values=r["ssim"][pick],
         n=len(pick),
     )
-
-
-def _spread(n: int, k: int) -> np.ndarray:
-    """``k`` indices spread evenly over ``range(n)`` (deterministic)."""
-    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
 def bits(codebook_size: int, cells: int) -> float:

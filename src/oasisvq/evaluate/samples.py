@@ -36,6 +36,7 @@ import torch
 
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.torch_dataset import to_uint8
+from oasisvq.data.volumes3d import split_arrays
 from oasisvq.errors import RunError
 from oasisvq.evaluate.features import FeatureNet, extract, feature_net, frechet_distance
 from oasisvq.evaluate.reference import (
@@ -296,17 +297,19 @@ def memorisation(
 
 
 def textured_copies(
-    h: Held, options: SamplingOptions, threshold: float, nearest=nearest_neighbours
+    h: Held,
+    recon_train: np.ndarray,
+    options: SamplingOptions,
+    threshold: float,
+    nearest=nearest_neighbours,
 ) -> dict[str, float]:
-    """The memorised rule applied to copies: training scans' own reconstructions with the
-    texture drawn on, up to ``COPIES`` of them. Its share is how often a prior that
-    copied training subjects would be caught through the texture (1.0: always)."""
-    recon = reconstructions(h, "train", h.train_codes)
-    pick = spread(len(recon), COPIES)
-    means = torch.from_numpy(recon[pick]).float() / 255
+    """The memorised rule applied to copies: training scans' own reconstructions
+    ``recon_train`` (uint8) with the texture drawn on, up to ``COPIES`` of them. Its share
+    is how often a prior that copied training subjects would be caught through the
+    texture (1.0: always)."""
+    means = torch.from_numpy(recon_train[spread(len(recon_train), COPIES)]).float() / 255
     copies = to_uint8(h.run.texture().apply(means, options.seed))
-    train = h.train.volumes if h.run.dims == 3 else h.train.images
-    ssim = nearest(copies, train)[1]
+    ssim = nearest(copies, split_arrays(h.train))[1]
     return {"memorised_share_of_textured_copies": float((ssim > threshold).mean())}
 
 
@@ -510,7 +513,8 @@ def evaluate_samples(
     samples, codes, cond_idx, timing = draw(h, settings.n, options, rng)
     measured, found = measure_samples(h, refs, samples, codes, cond_idx, settings, seed)
     if options.texture:
-        measured["memorisation"].update(textured_copies(h, options, refs.real.nn_ssim_p99))
+        copies = textured_copies(h, refs.recon["train"], options, refs.real.nn_ssim_p99)
+        measured["memorisation"].update(copies)
     result.update(measured)
     result["timing"] = timing
     out = Path(out_dir) if out_dir is not None else run.prior_dir(h.name) / "eval-samples"

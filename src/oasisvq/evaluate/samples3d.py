@@ -101,7 +101,8 @@ def evaluate_volume_prior(
     result["memorisation"] = {**measured["memorisation"], **code_copy_shares(h, codes)}
     if options.texture:
         threshold = measured["memorisation"]["nn_ssim_real_p99"]
-        result["memorisation"].update(textured_copies(h, options, threshold, nearest_volumes))
+        copies = textured_copies(h, recon["train"], options, threshold, nearest_volumes)
+        result["memorisation"].update(copies)
     result["diversity"] = measured["diversity"]
     train, validate = _arrays(h.train), _arrays(run.split("validate", settings.data_root))
     kw = {} if settings.feature_epochs is None else {"epochs": settings.feature_epochs}

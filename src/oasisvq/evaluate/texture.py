@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from oasisvq.data.torch_dataset import to_uint8
+from oasisvq.data.volumes3d import split_arrays
 from oasisvq.errors import DataError
-from oasisvq.evaluate.reference import nearest_neighbours, spread
-from oasisvq.evaluate.volume_samples import nearest_volumes
-from oasisvq.model.texture import Texture, bucket, fit_texture
+from oasisvq.evaluate.reference import spread
+from oasisvq.evaluate.volume_samples import nearest_search
+from oasisvq.model.texture import Texture, fit_texture
 from oasisvq.runs import Run
 
 FIT_ITEMS = 2000  # images or volumes whose residual the texture is fitted on
@@ -40,7 +41,7 @@ def fit_run_texture(
         raise DataError(
             f"{run.path}: fitting a texture needs a training split of 2 subjects or more"
         )
-    items = train.volumes if run.dims == 3 else train.images  # (N, *shape) uint8
+    items = split_arrays(train)  # (N, *shape) uint8
     pick = spread(len(items), FIT_ITEMS)
     codes = run.codes("train", train).codes[pick]
     recon = to_uint8(run.decode(torch.from_numpy(codes)))  # (n, *shape)
@@ -53,8 +54,8 @@ def fit_run_texture(
         refs = items[others]
         real_nn.append(_nearest(run.dims, items[pick[i]][None], refs)[0])
         mean = torch.from_numpy(recon[i]).float() / 255  # (*shape)
-        field = texture.std[bucket(mean)] * texture.field(_generator(int(i)))
-        textured = torch.stack([(mean + s * field).clamp(0, 1) for s in SCALES])  # (scales, ...)
+        noise = texture.noise(mean, torch.Generator().manual_seed(int(i)))
+        textured = torch.stack([(mean + s * noise).clamp(0, 1) for s in SCALES])  # (scales, ...)
         textured_nn.append(_nearest(run.dims, to_uint8(textured), refs))
     target = float(np.mean(real_nn))
     curve = np.stack(textured_nn).mean(0)  # mean nearest SSIM at each scale
@@ -81,11 +82,4 @@ def crossing(scales: tuple[float, ...], curve: np.ndarray, target: float) -> flo
 
 
 def _nearest(dims: int, queries: np.ndarray, refs: np.ndarray) -> np.ndarray:
-    nearest = nearest_volumes if dims == 3 else nearest_neighbours
-    return nearest(queries, refs)[1]
-
-
-def _generator(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+    return nearest_search(dims)(queries, refs)[1]

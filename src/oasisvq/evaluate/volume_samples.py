@@ -38,7 +38,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from oasisvq import metrics
-from oasisvq.evaluate.reference import MEMORISED_PERCENTILE, memorised_shares, random_pairs
+from oasisvq.evaluate.reference import (
+    MEMORISED_PERCENTILE,
+    memorised_shares,
+    nearest_neighbours,
+    random_pairs,
+)
 from oasisvq.evaluate.samples import FLAT_KEYS
 
 PREFILTER_FACTOR = 4
@@ -131,6 +136,12 @@ def nearest_volumes(
         best_idx.append(int(cand[q, j]))
         best_ssim.append(float(scores[j]))
     return np.array(best_idx, dtype=np.int64), np.array(best_ssim, dtype=np.float64)
+
+
+def nearest_search(dims: int):
+    """The nearest-training search of ``evaluate-samples`` for images (2) or volumes (3):
+    ``(queries, refs) -> (index, ssim)``."""
+    return nearest_volumes if dims == 3 else nearest_neighbours
 
 
 @torch.no_grad()

@@ -55,9 +55,13 @@ class Texture:
         generator.manual_seed(int(seed) if seed is not None else secrets.randbits(62))
         out = torch.empty_like(images, dtype=torch.float32)
         for i, mean in enumerate(images.float().cpu()):
-            std = self.std[bucket(mean)]  # (*shape)
-            out[i] = (mean + self.scale * std * self.field(generator)).clamp(0, 1)
+            out[i] = (mean + self.scale * self.noise(mean, generator)).clamp(0, 1)
         return out.to(images.device)
+
+    def noise(self, mean: Tensor, generator: torch.Generator) -> Tensor:
+        """One draw at scale 1 for decoded ``mean`` ``(*shape)``: a field sized voxel by
+        voxel by the residual's root mean square at the decoded intensity."""
+        return self.std[bucket(mean)] * self.field(generator)
 
 
 def spectrum_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from oasisvq.data.slices import SliceSet
-from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.data.volumes3d import VolumeSet, split_arrays
 from oasisvq.io import atomic_write
 from oasisvq.model.vqvae import VQVAE
 from oasisvq.prior.data import CodeSet, encode_images
@@ -80,7 +80,7 @@ def cached_codes(
     VQ-VAE, from ``RUN/priors/codes_<split>.npz`` when its fingerprint matches, else
     encoded and saved. ``vqvae`` loads the model, called only when encoding is needed."""
     path = Path(run_dir) / "priors" / f"codes_{split}.npz"
-    images = data.volumes if isinstance(data, VolumeSet) else data.images
+    images = split_arrays(data)
     key = json.dumps(
         {"vqvae": codes_fingerprint(run_dir), "images": _images_hash(images), "n": len(data)}
     )

@@ -13,7 +13,7 @@ from oasisvq import metrics
 from oasisvq.data.augment import VolumeAugment
 from oasisvq.data.slices import SliceSet
 from oasisvq.data.torch_dataset import ImageDataset, to_unit
-from oasisvq.data.volumes3d import VolumeSet
+from oasisvq.data.volumes3d import VolumeSet, split_arrays
 from oasisvq.errors import ConfigError
 from oasisvq.model.discriminator import hinge_losses
 from oasisvq.model.presets import VQVAEConfig
@@ -135,7 +135,7 @@ class VQVAETask:
             return {}
         device = next(model.parameters()).device
         result = reconstruct_all(
-            model, _arrays(self.val), device, self.batch_size, measures=("ssim", "psnr", "mse")
+            model, split_arrays(self.val), device, self.batch_size, measures=("ssim", "psnr", "mse")
         )
         return {
             "val_ssim": float(result["ssim"].mean()),
@@ -144,10 +144,6 @@ class VQVAETask:
             "val_codes_used": metrics.codes_used(result["counts"]),
             "val_perplexity": metrics.perplexity(result["counts"]),
         }
-
-
-def _arrays(data: SliceSet | VolumeSet) -> np.ndarray:
-    return data.volumes if isinstance(data, VolumeSet) else data.images
 
 
 @torch.no_grad()
